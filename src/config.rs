@@ -1,0 +1,781 @@
+//! Configuration (DESIGN §6): one YAML or JSON file, parsed strictly (an unknown key is an
+//! error with file, line and path), then checked as a whole so every problem is reported at
+//! once. Relative paths resolve against the file's directory, so a config works from any
+//! working directory.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::record::{GEOHASH_PRECISION, Priority};
+use crate::sources::SourceType;
+
+/// Why a config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}{location}: {message}")]
+    Syntax {
+        file: PathBuf,
+        /// `:line:column` when known.
+        location: String,
+        message: String,
+    },
+    #[error("{file}: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid {
+        file: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Keyed by stream id.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub dedupe: DedupeConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Topic settings; topics not listed get the defaults of [`TopicConfig`].
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The file this came from (for messages); empty for configs built in code.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    #[serde(rename = "type", default)]
+    pub kind: SinkKind,
+    #[serde(default)]
+    pub log: LogSinkConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// The embedded local log (DESIGN §7).
+    #[default]
+    Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSinkConfig {
+    /// Root directory of the log; relative to the config file.
+    #[serde(default = "default_log_dir")]
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    /// A segment file is closed and a new one started past this size.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: Size,
+}
+
+impl Default for LogSinkConfig {
+    fn default() -> Self {
+        LogSinkConfig {
+            dir: default_log_dir(),
+            fsync: FsyncPolicy::default(),
+            segment_bytes: default_segment_bytes(),
+        }
+    }
+}
+
+fn default_log_dir() -> PathBuf {
+    PathBuf::from("data/log")
+}
+
+fn default_segment_bytes() -> Size {
+    Size(64 * 1024 * 1024)
+}
+
+/// When the log sink forces data to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// fsync every written segment after each delivered batch, before acknowledging it.
+    #[default]
+    Batch,
+    /// Leave flushing to the OS: faster, but a power loss can lose acknowledged records.
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(rename = "type")]
+    pub source_type: SourceType,
+    #[serde(default)]
+    pub mode: ModeKind,
+    /// `real_time`: time between polls.
+    pub interval: Option<Dur>,
+    /// `batch`: when to fetch.
+    pub schedule: Option<Schedule>,
+    /// File transport: globs, relative to the config file; plain or gzip.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Overrides routing for every record of this source.
+    pub topic: Option<String>,
+    /// Overrides the priority rules for every record of this source.
+    pub priority: Option<Priority>,
+    /// `nasa_firms`: FRP (MW) from which a high-confidence detection is `high` priority.
+    pub high_frp_mw: Option<f64>,
+    /// `nws_alerts`: events delivered as `critical`.
+    pub critical_events: Option<Vec<String>>,
+}
+
+impl SourceConfig {
+    /// A source of `source_type` with every setting at its default (for `ingest --source-type`).
+    pub fn defaults_for(source_type: SourceType) -> Self {
+        SourceConfig {
+            source_type,
+            mode: ModeKind::default(),
+            interval: None,
+            schedule: None,
+            paths: Vec::new(),
+            topic: None,
+            priority: None,
+            high_frp_mw: None,
+            critical_events: None,
+        }
+    }
+}
+
+/// When a stream fetches (DESIGN §1, row 2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeKind {
+    /// Poll every `interval`; records keep the source's priority.
+    #[default]
+    RealTime,
+    /// Fetch a whole window on a `schedule`; records are `low` priority unless overridden.
+    Batch,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    pub every: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Records waiting for delivery across the high, normal and low lanes.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    #[serde(default)]
+    pub overflow: Overflow,
+    /// Extra room only `critical` records may use, so they never wait for bulk space.
+    #[serde(default = "default_critical_reserve")]
+    pub critical_reserve: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_records: default_max_records(),
+            overflow: Overflow::default(),
+            critical_reserve: default_critical_reserve(),
+        }
+    }
+}
+
+fn default_max_records() -> usize {
+    100_000
+}
+
+fn default_critical_reserve() -> usize {
+    1_000
+}
+
+/// What a full queue does to a new record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// The source waits until there is room: nothing is lost.
+    #[default]
+    Block,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// How long shutdown may spend draining the queue; what is left goes to the DLQ.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+fn default_shutdown_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// How long a record id is remembered, measured against `ingested_at`.
+    #[serde(default = "default_dedupe_window")]
+    pub window: Dur,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        DedupeConfig {
+            window: default_dedupe_window(),
+        }
+    }
+}
+
+fn default_dedupe_window() -> Dur {
+    Dur(Duration::from_secs(24 * 3600))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Geohash characters in the message key (4 ≈ 40 km): nearby events share a partition.
+    #[serde(default = "default_key_precision")]
+    pub geohash_key_precision: usize,
+    /// First match wins; `match` is an exact source id or a glob.
+    #[serde(default)]
+    pub mappings: Vec<RouteMapping>,
+    /// Where critical records are also copied; `null` turns the copy off.
+    #[serde(default = "default_critical_topic")]
+    pub critical_topic: Option<String>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            geohash_key_precision: default_key_precision(),
+            mappings: Vec::new(),
+            critical_topic: default_critical_topic(),
+        }
+    }
+}
+
+fn default_key_precision() -> usize {
+    4
+}
+
+fn default_critical_topic() -> Option<String> {
+    Some(crate::router::CRITICAL_TOPIC.to_owned())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMapping {
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        TopicConfig {
+            partitions: default_partitions(),
+        }
+    }
+}
+
+fn default_partitions() -> u32 {
+    4
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,firestream::sinks=debug`; `RUST_LOG` wins.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            level: default_level(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A duration written like `30s`, `5m`, `24h`, `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(text.trim())
+            .map(Dur)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?} ({e}); write it like 30s, 5m, 24h or 7d"
+                ))
+            })
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// A size written like `64MiB`, `512KiB` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bytes(n) => Ok(Size(n)),
+            Raw::Text(text) => text
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| Size(b.as_u64()))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "invalid size {text:?} ({e}); write it like 64MiB or 1GiB"
+                    ))
+                }),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and checks a config file, resolving relative paths against its directory.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        let base = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut config = Config::parse(&text, file)?;
+        config.resolve_paths(base);
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses config text; `file` names it in messages. Paths are left as written.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = if text.trim().is_empty() {
+            // An empty file means "all defaults", like `{}`.
+            yaml_serde::from_str("{}")
+        } else {
+            yaml_serde::from_str(text)
+        }
+        .map_err(|e| ConfigError::Syntax {
+            file: file.to_owned(),
+            location: e
+                .location()
+                .map(|l| format!(":{}:{}", l.line(), l.column()))
+                .unwrap_or_default(),
+            message: strip_location(&e.to_string()),
+        })?;
+        config.file = file.to_owned();
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        if self.sink.log.dir.is_relative() {
+            self.sink.log.dir = base.join(&self.sink.log.dir);
+        }
+        for source in self.sources.values_mut() {
+            for pattern in &mut source.paths {
+                if Path::new(pattern.as_str()).is_relative() {
+                    *pattern = base.join(pattern.as_str()).to_string_lossy().into_owned();
+                }
+            }
+        }
+    }
+
+    /// Checks what the types alone cannot; reports every problem, not only the first.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for (id, source) in &self.sources {
+            check_source(id, source, &mut problems);
+        }
+        let precision = self.routing.geohash_key_precision;
+        if !(1..=GEOHASH_PRECISION).contains(&precision) {
+            problems.push(format!(
+                "routing.geohash_key_precision: {precision} is outside 1..={GEOHASH_PRECISION} (the envelope's geohash has {GEOHASH_PRECISION} characters)"
+            ));
+        }
+        for (i, mapping) in self.routing.mappings.iter().enumerate() {
+            if let Err(e) = glob::Pattern::new(&mapping.pattern) {
+                problems.push(format!(
+                    "routing.mappings[{i}].match: {:?} is not a valid glob: {e}",
+                    mapping.pattern
+                ));
+            }
+            check_topic_name(
+                &format!("routing.mappings[{i}].topic"),
+                &mapping.topic,
+                &mut problems,
+            );
+        }
+        if let Some(topic) = &self.routing.critical_topic {
+            check_topic_name("routing.critical_topic", topic, &mut problems);
+        }
+        for (name, topic) in &self.topics {
+            check_topic_name(&format!("topics.{name}"), name, &mut problems);
+            if topic.partitions == 0 {
+                problems.push(format!("topics.{name}.partitions: must be at least 1"));
+            }
+        }
+        if self.queue.max_records == 0 {
+            problems.push("queue.max_records: must be at least 1".to_owned());
+        }
+        if self.queue.critical_reserve == 0 {
+            problems.push(
+                "queue.critical_reserve: must be at least 1 so critical records never wait for bulk space"
+                    .to_owned(),
+            );
+        }
+        if self.sink.log.segment_bytes.0 < 4096 {
+            problems.push(format!(
+                "sink.log.segment_bytes: {} bytes is too small; use at least 4KiB (default 64MiB)",
+                self.sink.log.segment_bytes.0
+            ));
+        }
+        if self.dedupe.window.0.is_zero() {
+            problems.push("dedupe.window: must be longer than 0s".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                file: self.file.clone(),
+                problems,
+            })
+        }
+    }
+
+    /// Partitions of a topic: from `topics:`, else the default.
+    pub fn partitions(&self, topic: &str) -> u32 {
+        self.topics
+            .get(topic)
+            .map_or_else(default_partitions, |t| t.partitions)
+    }
+}
+
+fn check_source(id: &str, s: &SourceConfig, problems: &mut Vec<String>) {
+    let at = format!("sources.{id}");
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        problems.push(format!(
+            "{at}: stream id must be 1-64 characters of letters, digits, `_` or `-`"
+        ));
+    }
+    match s.mode {
+        ModeKind::RealTime => {
+            match s.interval {
+                None => problems.push(format!(
+                    "{at}.interval: mode real_time needs an interval, e.g. `interval: 5m`"
+                )),
+                Some(Dur(d)) if d < Duration::from_secs(1) => problems.push(format!(
+                    "{at}.interval: {} is shorter than the 1s minimum",
+                    Dur(d)
+                )),
+                _ => {}
+            }
+            if s.schedule.is_some() {
+                problems.push(format!(
+                    "{at}.schedule: only for mode batch; real_time uses `interval`"
+                ));
+            }
+        }
+        ModeKind::Batch => {
+            match s.schedule {
+                None => problems.push(format!(
+                    "{at}.schedule: mode batch needs a schedule, e.g. `schedule: {{every: 3h}}`"
+                )),
+                Some(Schedule { every: Dur(d) }) if d < Duration::from_secs(1) => {
+                    problems.push(format!(
+                        "{at}.schedule.every: {} is shorter than the 1s minimum",
+                        Dur(d)
+                    ))
+                }
+                _ => {}
+            }
+            if s.interval.is_some() {
+                problems.push(format!(
+                    "{at}.interval: only for mode real_time; batch uses `schedule: {{every: …}}`"
+                ));
+            }
+        }
+    }
+    if s.paths.is_empty() {
+        problems.push(format!(
+            "{at}.paths: no transport configured; list the files to read, e.g. `paths: [\"samples/firms/*.csv\"]` (fetching from a `url` is not available in this build)"
+        ));
+    }
+    for (i, pattern) in s.paths.iter().enumerate() {
+        if let Err(e) = glob::Pattern::new(pattern) {
+            problems.push(format!(
+                "{at}.paths[{i}]: {pattern:?} is not a valid glob: {e}"
+            ));
+        }
+    }
+    if let Some(topic) = &s.topic {
+        check_topic_name(&format!("{at}.topic"), topic, problems);
+    }
+    let only_for = |field: &str, set: bool, ty: SourceType, problems: &mut Vec<String>| {
+        if set && s.source_type != ty {
+            problems.push(format!(
+                "{at}.{field}: only applies to type {ty}, not {}",
+                s.source_type
+            ));
+        }
+    };
+    only_for(
+        "high_frp_mw",
+        s.high_frp_mw.is_some(),
+        SourceType::NasaFirms,
+        problems,
+    );
+    only_for(
+        "critical_events",
+        s.critical_events.is_some(),
+        SourceType::NwsAlerts,
+        problems,
+    );
+    if let Some(frp) = s.high_frp_mw
+        && (!frp.is_finite() || frp < 0.0)
+    {
+        problems.push(format!("{at}.high_frp_mw: {frp} must be a number ≥ 0"));
+    }
+}
+
+/// Kafka's rules for topic names, so a config that works on the log works on Kafka.
+fn check_topic_name(at: &str, name: &str, problems: &mut Vec<String>) {
+    let legal = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if name.is_empty() || name.len() > 249 || !legal || name == "." || name == ".." {
+        problems.push(format!(
+            "{at}: {name:?} is not a valid topic name (1-249 characters of letters, digits, `.`, `_`, `-`)"
+        ));
+    }
+}
+
+/// yaml_serde appends " at line L column C"; we print the location in front instead.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config = Config::parse(text, Path::new("test.yaml"))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn minimal_config_has_documented_defaults() {
+        let c = parse("sink: {type: log, log: {dir: /tmp/x}}").unwrap();
+        assert_eq!(c.sink.log.dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.sink.log.fsync, FsyncPolicy::Batch);
+        assert_eq!(c.sink.log.segment_bytes, Size(64 << 20));
+        assert_eq!(c.queue.max_records, 100_000);
+        assert_eq!(c.queue.critical_reserve, 1_000);
+        assert_eq!(c.dedupe.window, Dur(Duration::from_secs(86_400)));
+        assert_eq!(c.routing.geohash_key_precision, 4);
+        assert_eq!(
+            c.routing.critical_topic.as_deref(),
+            Some("wildfire-critical-alerts")
+        );
+        assert_eq!(c.partitions("anything"), 4);
+        assert!(c.sources.is_empty());
+        assert!(parse("").is_ok());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_path() {
+        let err = parse("sink:\n  type: log\n  log:\n    dir: x\n    retension: 7d\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("test.yaml:5:"), "{text}");
+        assert!(text.contains("sink.log"), "{text}");
+        assert!(text.contains("unknown field `retension`"), "{text}");
+    }
+
+    #[test]
+    fn wrong_variant_lists_the_valid_ones() {
+        let err = parse("sources:\n  a:\n    type: nasa_firms\n    mode: streaming\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("test.yaml:4:"), "{text}");
+        assert!(text.contains("real_time"), "{text}");
+    }
+
+    #[test]
+    fn bad_duration_and_size_say_how_to_write_them() {
+        let err = parse("dedupe: {window: 5 parsecs}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("write it like 30s"), "{err}");
+        let err = parse("sink: {log: {segment_bytes: lots}}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("write it like 64MiB"), "{err}");
+        assert_eq!(
+            parse("sink: {log: {segment_bytes: 1MiB}}")
+                .unwrap()
+                .sink
+                .log
+                .segment_bytes,
+            Size(1 << 20)
+        );
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let text = r#"
+sources:
+  "bad id!":
+    type: nasa_firms
+    paths: ["x.csv"]
+    interval: 5m
+  alerts:
+    type: nws_alerts
+    mode: batch
+    interval: 5m
+    high_frp_mw: 50
+  obs:
+    type: nws_observations
+    interval: 1m
+    topic: "no spaces allowed"
+routing:
+  geohash_key_precision: 9
+  mappings: [{match: "[", topic: ok}]
+topics:
+  t: {partitions: 0}
+"#;
+        let err = parse(text).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("{err}")
+        };
+        let all = problems.join("\n");
+        for expected in [
+            "sources.bad id!: stream id must be",
+            "sources.alerts.schedule: mode batch needs a schedule",
+            "sources.alerts.interval: only for mode real_time",
+            "sources.alerts.high_frp_mw: only applies to type nasa_firms, not nws_alerts",
+            "sources.alerts.paths: no transport configured",
+            "sources.obs.paths: no transport configured",
+            "sources.obs.topic: \"no spaces allowed\" is not a valid topic name",
+            "routing.geohash_key_precision: 9 is outside 1..=5",
+            "routing.mappings[0].match: \"[\" is not a valid glob",
+            "topics.t.partitions: must be at least 1",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert_eq!(problems.len(), 10, "{all}");
+    }
+
+    #[test]
+    fn critical_topic_null_turns_the_copy_off() {
+        let c = parse("routing: {critical_topic: null}").unwrap();
+        assert_eq!(c.routing.critical_topic, None);
+    }
+
+    #[test]
+    fn json_is_accepted() {
+        let c = parse(
+            r#"{"sink": {"type": "log", "log": {"dir": "d"}}, "queue": {"max_records": 10}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.queue.max_records, 10);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "sink: {log: {dir: ../data/log}}\nsources:\n  f:\n    type: nasa_firms\n    interval: 1m\n    paths: [\"samples/*.csv\", \"/abs/*.csv\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(&file).unwrap();
+        assert_eq!(c.sink.log.dir, dir.path().join("../data/log"));
+        assert_eq!(
+            c.sources["f"].paths,
+            vec![
+                dir.path()
+                    .join("samples/*.csv")
+                    .to_string_lossy()
+                    .into_owned(),
+                "/abs/*.csv".to_owned()
+            ]
+        );
+    }
+}

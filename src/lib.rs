@@ -1,0 +1,22 @@
+//! firestream: wildfire-intelligence feeds normalised into one record envelope and delivered
+//! to Kafka or the embedded local log.
+//!
+//! A record's path: [`sources`] (transport + parser) → [`mode`] (when to fetch) → [`dedupe`]
+//! → [`queue`] (bounded, by priority) → [`delivery`] ([`router`] → [`sinks`]); anything that
+//! fails on the way becomes a [`dlq`] record. [`manager::StreamManager`] wires it from
+//! [`config`].
+
+pub mod config;
+pub mod dedupe;
+pub mod delivery;
+pub mod dlq;
+pub mod manager;
+pub mod mode;
+pub mod queue;
+pub mod record;
+pub mod router;
+pub mod sinks;
+pub mod sources;
+pub mod stats;
+pub mod stream;
+pub mod transport;

@@ -1,0 +1,401 @@
+//! The `firestream` command: a thin layer over the library's StreamManager.
+//!
+//! Exit codes: 0 success; 1 runtime failure (sink unusable, records lost); 2 bad usage or
+//! configuration; 130 interrupted twice (forced).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use firestream::config::{Config, ConfigError, LogFormat};
+use firestream::manager::{IngestTarget, Report, StreamManager, dead_letters_by_stage};
+use firestream::sinks::log::reader::{self, TopicReader};
+use firestream::sources::SourceType;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "firestream",
+    version,
+    about = "Wildfire data feeds → one record envelope → Kafka or the local log"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Config file (YAML or JSON); relative paths inside it resolve against its directory.
+    #[arg(
+        short,
+        long,
+        env = "FIRESTREAM_CONFIG",
+        default_value = "config/demo.yaml"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every configured stream until SIGINT/SIGTERM, then drain and exit.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Backfill files through the whole pipeline once, then print what happened to each row.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["source_type", "source"])))]
+    Ingest {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Parse with this source type's defaults (nasa_firms, nws_observations, nws_alerts).
+        #[arg(long, value_name = "TYPE")]
+        source_type: Option<SourceType>,
+        /// Parse and route as this configured source does (only the given paths are read).
+        #[arg(long, value_name = "ID")]
+        source: Option<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Files to read (plain or gzip), relative to the working directory.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Print records of a topic of the local log as JSON lines.
+    Tail {
+        #[command(flatten)]
+        config: ConfigArg,
+        topic: String,
+        /// Start at the oldest record instead of showing the newest.
+        #[arg(long)]
+        from_beginning: bool,
+        /// How many records (default 10; all with --from-beginning).
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<usize>,
+        /// Keep printing records as they arrive.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Check a config file without running it.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// An error that is the user's input, not a failure: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<ConfigError>().is_some();
+            eprintln!("error: {e:#}");
+            if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { config } => {
+            let loaded = load(&config.config)?;
+            println!(
+                "{}: ok ({} source(s), sink {:?} at {})",
+                config.config.display(),
+                loaded.sources.len(),
+                loaded.sink.kind,
+                loaded.sink.log.dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            let config = load(&config.config)?;
+            init_logging(&config);
+            runtime()?.block_on(async {
+                let manager = StreamManager::new(config)?;
+                let shutdown = shutdown_on_signals();
+                manager.run(shutdown).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Ingest {
+            config,
+            source_type,
+            source,
+            json,
+            paths,
+        } => {
+            let config = load(&config.config)?;
+            init_logging(&config);
+            let target = match (source_type, source) {
+                (Some(t), None) => IngestTarget::SourceType(t),
+                (None, Some(id)) => IngestTarget::Source(id),
+                _ => unreachable!("clap requires exactly one of --source-type and --source"),
+            };
+            let paths = check_paths(paths)?;
+            let label = match &target {
+                IngestTarget::SourceType(t) => t.to_string(),
+                IngestTarget::Source(id) => id.clone(),
+            };
+            let files = paths.len();
+            runtime()?.block_on(async {
+                let manager = StreamManager::new(config)?;
+                let report = manager
+                    .ingest(target, paths, shutdown_on_signals())
+                    .await
+                    .map_err(|e| match e {
+                        firestream::manager::ManagerError::UnknownSource { .. } => {
+                            anyhow::Error::new(UsageError(e.to_string()))
+                        }
+                        other => other.into(),
+                    })?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print_summary(&label, files, &report);
+                }
+                Ok(if report.lost > 0 {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                })
+            })
+        }
+        Command::Tail {
+            config,
+            topic,
+            from_beginning,
+            lines,
+            follow,
+        } => {
+            let config = load(&config.config)?;
+            tail(&config.sink.log.dir, &topic, from_beginning, lines, follow)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    match Config::load(path) {
+        Ok(config) => Ok(config),
+        Err(ConfigError::Read { file, source })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Err(UsageError(format!(
+                "config file {} not found; pass one with -c FILE (see config/demo.yaml)",
+                file.display()
+            ))
+            .into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Cancels on the first SIGINT or SIGTERM; a second one exits at once.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        for round in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if round == 0 {
+                tracing::info!("signal received: finishing (send again to exit at once)");
+                trigger.cancel();
+            } else {
+                eprintln!("second signal: exiting without draining");
+                std::process::exit(130);
+            }
+        }
+    });
+    token
+}
+
+/// Every PATH must exist (or, when quoted as a glob, match something).
+fn check_paths(paths: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        let text = path.to_string_lossy();
+        if path.exists() {
+            if path.is_dir() {
+                bail!(UsageError(format!(
+                    "{} is a directory; give the files (e.g. {}/*.csv)",
+                    path.display(),
+                    path.display()
+                )));
+            }
+            out.push(path);
+            continue;
+        }
+        let matches = firestream::transport::file::expand(&text).unwrap_or_default();
+        let files: Vec<_> = matches.into_iter().filter(|p| p.is_file()).collect();
+        if files.is_empty() {
+            bail!(UsageError(format!("{}: no such file", path.display())));
+        }
+        out.extend(files);
+    }
+    Ok(out)
+}
+
+fn print_summary(label: &str, files: usize, report: &Report) {
+    let t = report.totals();
+    let rate = if report.elapsed_s > 0.0 {
+        t.rows as f64 / report.elapsed_s
+    } else {
+        0.0
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "ingest {label}: {files} file(s) in {:.2} s ({rate:.0} rows/s)",
+        report.elapsed_s
+    );
+    let _ = writeln!(out, "  rows read        {:>10}", t.rows);
+    let _ = writeln!(out, "  records emitted  {:>10}", t.records);
+    let _ = writeln!(out, "  duplicates       {:>10}", t.duplicates);
+    let _ = writeln!(out, "  invalid → DLQ    {:>10}", t.invalid);
+    let _ = writeln!(out, "  files rejected   {:>10}", t.payload_errors);
+    let _ = writeln!(out, "  delivered per topic:");
+    if report.topics.is_empty() {
+        let _ = writeln!(out, "    (none)");
+    }
+    for (topic, counts) in &report.topics {
+        let failed = if counts.failed > 0 {
+            format!("  ({} failed → DLQ)", counts.failed)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "    {topic:<28} {:>10}{failed}", counts.delivered);
+    }
+    let dlq: Vec<String> = dead_letters_by_stage(report)
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(stage, n)| format!("{stage} {n}"))
+        .collect();
+    if !dlq.is_empty() {
+        let _ = writeln!(out, "  DLQ by stage: {}", dlq.join(", "));
+    }
+    if report.lost > 0 {
+        let _ = writeln!(
+            out,
+            "  LOST: {} dead letter(s) could not be stored; see the error log",
+            report.lost
+        );
+    }
+}
+
+fn tail(
+    dir: &Path,
+    topic: &str,
+    from_beginning: bool,
+    lines: Option<usize>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    if !dir.join(topic).is_dir() {
+        let present = reader::topics(dir).unwrap_or_default();
+        let present = if present.is_empty() {
+            "none yet".to_owned()
+        } else {
+            present.join(", ")
+        };
+        bail!(UsageError(format!(
+            "topic {topic} not found in {}; topics present: {present}",
+            dir.display()
+        )));
+    }
+    let mut topic_reader = TopicReader::open(dir, topic)
+        .with_context(|| format!("cannot read topic {topic} in {}", dir.display()))?;
+    let mut out = std::io::stdout().lock();
+    let mut print = |entry: &reader::Entry| -> anyhow::Result<bool> {
+        match writeln!(out, "{}", entry.to_output(topic)) {
+            Ok(()) => Ok(true),
+            // `firestream tail … | head` closes the pipe: that is a normal end.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    };
+    if from_beginning {
+        let limit = lines.unwrap_or(usize::MAX);
+        let mut printed = 0;
+        while printed < limit {
+            match topic_reader.next_entry()? {
+                Some(entry) => {
+                    if !print(&entry)? {
+                        return Ok(());
+                    }
+                    printed += 1;
+                }
+                None => break,
+            }
+        }
+        if printed == limit && !follow {
+            return Ok(());
+        }
+        if printed == limit {
+            // Skip to the end before following.
+            while topic_reader.next_entry()?.is_some() {}
+        }
+    } else {
+        for entry in topic_reader.last(lines.unwrap_or(10))? {
+            if !print(&entry)? {
+                return Ok(());
+            }
+        }
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        out_flush();
+        std::thread::sleep(Duration::from_millis(250));
+        topic_reader.poll()?;
+        while let Some(entry) = topic_reader.next_entry()? {
+            if !print(&entry)? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn out_flush() {
+    let _ = std::io::stdout().flush();
+}

@@ -1,0 +1,297 @@
+//! Reading the local log without a lock, while a writer may be appending: only complete
+//! lines are returned, so a reader never sees half a record.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::segment::{list_segments, segment_name};
+
+/// One stored message, as its raw JSON line (without the newline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub line: String,
+}
+
+impl Entry {
+    /// The stored line with `topic` and `partition` added in front, for `firestream tail`.
+    pub fn to_output(&self, topic: &str) -> String {
+        let topic = serde_json::to_string(topic).expect("string serialises");
+        format!(
+            "{{\"topic\":{topic},\"partition\":{},{}",
+            self.partition,
+            self.line.strip_prefix('{').unwrap_or(&self.line)
+        )
+    }
+}
+
+/// Topics present in a log directory.
+pub fn topics(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                names.push(name);
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Partitions of a topic present on disk.
+pub fn partitions(dir: &Path, topic: &str) -> io::Result<Vec<u32>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir.join(topic))? {
+        if let Ok(p) = entry?.file_name().to_string_lossy().parse::<u32>() {
+            found.push(p);
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// Reads one partition's lines in offset order across its segments, resuming where it
+/// stopped; at the end it can be polled again for lines appended since.
+pub struct PartitionReader {
+    dir: PathBuf,
+    partition: u32,
+    segment: Option<u64>,
+    position: u64,
+    reader: Option<BufReader<File>>,
+    buf: String,
+}
+
+impl PartitionReader {
+    pub fn new(topic_dir: &Path, partition: u32) -> Self {
+        PartitionReader {
+            dir: topic_dir.join(partition.to_string()),
+            partition,
+            segment: None,
+            position: 0,
+            reader: None,
+            buf: String::new(),
+        }
+    }
+
+    /// The next complete line, or `None` when there is nothing more for now.
+    pub fn next_entry(&mut self) -> io::Result<Option<Entry>> {
+        loop {
+            if self.reader.is_none() && !self.open_next()? {
+                return Ok(None);
+            }
+            let reader = self.reader.as_mut().expect("opened above");
+            self.buf.clear();
+            let n = reader.read_line(&mut self.buf)?;
+            if n > 0 && self.buf.ends_with('\n') {
+                self.position += n as u64;
+                let line = self.buf.trim_end_matches('\n');
+                return parse_entry(self.partition, line).map(Some);
+            }
+            // End of this segment, or a line still being written: continue from its start.
+            reader.seek(SeekFrom::Start(self.position))?;
+            let newer = list_segments(&self.dir)?
+                .into_iter()
+                .find(|&b| Some(b) > self.segment);
+            match newer {
+                Some(base) if n == 0 => {
+                    self.segment = Some(base);
+                    self.position = 0;
+                    self.reader = None;
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// Opens the current segment (or the first one); false when the partition has none yet.
+    fn open_next(&mut self) -> io::Result<bool> {
+        let base = match self.segment {
+            Some(base) => base,
+            None => match list_segments(&self.dir) {
+                Ok(segments) if !segments.is_empty() => segments[0],
+                Ok(_) => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            },
+        };
+        let mut file = File::open(self.dir.join(segment_name(base)))?;
+        file.seek(SeekFrom::Start(self.position))?;
+        self.segment = Some(base);
+        self.reader = Some(BufReader::new(file));
+        Ok(true)
+    }
+}
+
+fn parse_entry(partition: u32, line: &str) -> io::Result<Entry> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        offset: u64,
+        timestamp: i64,
+    }
+    let head: Head = serde_json::from_str(line).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("partition {partition}: a line is not a log record ({e})"),
+        )
+    })?;
+    Ok(Entry {
+        partition,
+        offset: head.offset,
+        timestamp_ms: head.timestamp,
+        line: line.to_owned(),
+    })
+}
+
+/// Reads a whole topic, merging partitions by (timestamp, partition, offset).
+pub struct TopicReader {
+    topic_dir: PathBuf,
+    readers: BTreeMap<u32, PartitionReader>,
+    heads: BinaryHeap<Reverse<(i64, u32, u64)>>,
+    pending: BTreeMap<u32, Entry>,
+}
+
+impl TopicReader {
+    pub fn open(dir: &Path, topic: &str) -> io::Result<Self> {
+        let mut reader = TopicReader {
+            topic_dir: dir.join(topic),
+            readers: BTreeMap::new(),
+            heads: BinaryHeap::new(),
+            pending: BTreeMap::new(),
+        };
+        reader.discover(partitions(dir, topic)?)?;
+        Ok(reader)
+    }
+
+    fn discover(&mut self, partitions: Vec<u32>) -> io::Result<()> {
+        for p in partitions {
+            if !self.readers.contains_key(&p) {
+                self.readers
+                    .insert(p, PartitionReader::new(&self.topic_dir, p));
+            }
+        }
+        let idle: Vec<u32> = self
+            .readers
+            .keys()
+            .copied()
+            .filter(|p| !self.pending.contains_key(p))
+            .collect();
+        for p in idle {
+            self.refill(p)?;
+        }
+        Ok(())
+    }
+
+    fn refill(&mut self, partition: u32) -> io::Result<()> {
+        let reader = self.readers.get_mut(&partition).expect("known partition");
+        if let Some(entry) = reader.next_entry()? {
+            self.heads
+                .push(Reverse((entry.timestamp_ms, entry.partition, entry.offset)));
+            self.pending.insert(partition, entry);
+        }
+        Ok(())
+    }
+
+    /// The next entry in merged order, or `None` when every partition is read to its end.
+    pub fn next_entry(&mut self) -> io::Result<Option<Entry>> {
+        let Some(Reverse((_, partition, _))) = self.heads.pop() else {
+            return Ok(None);
+        };
+        let entry = self.pending.remove(&partition).expect("head has an entry");
+        self.refill(partition)?;
+        Ok(Some(entry))
+    }
+
+    /// Looks again for lines and partitions that appeared since the end was reached.
+    pub fn poll(&mut self) -> io::Result<()> {
+        let dir = self.topic_dir.parent().unwrap_or(Path::new(".")).to_owned();
+        let topic = self
+            .topic_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.discover(partitions(&dir, &topic)?)
+    }
+
+    /// The newest `n` entries by timestamp (then partition, offset), oldest first.
+    pub fn last(&mut self, n: usize) -> io::Result<Vec<Entry>> {
+        let mut window = VecDeque::with_capacity(n.min(100_000));
+        while let Some(entry) = self.next_entry()? {
+            if n == 0 {
+                continue;
+            }
+            if window.len() == n {
+                window.pop_front();
+            }
+            window.push_back(entry);
+        }
+        Ok(window.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn line(offset: u64, ts: i64) -> String {
+        format!(
+            "{{\"offset\":{offset},\"timestamp\":{ts},\"key\":\"k\",\"headers\":{{}},\"value\":{{}}}}\n"
+        )
+    }
+
+    #[test]
+    fn merges_partitions_by_timestamp_and_skips_partial_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p0 = dir.path().join("t/0");
+        let p1 = dir.path().join("t/1");
+        fs::create_dir_all(&p0).unwrap();
+        fs::create_dir_all(&p1).unwrap();
+        fs::write(p0.join(segment_name(0)), line(0, 10) + &line(1, 30)).unwrap();
+        fs::write(p0.join(segment_name(2)), line(2, 50)).unwrap();
+        fs::write(
+            p1.join(segment_name(0)),
+            line(0, 20) + "{\"offset\":1,\"tim",
+        )
+        .unwrap();
+        let mut r = TopicReader::open(dir.path(), "t").unwrap();
+        let mut seen = Vec::new();
+        while let Some(e) = r.next_entry().unwrap() {
+            seen.push((e.partition, e.offset, e.timestamp_ms));
+        }
+        assert_eq!(seen, vec![(0, 0, 10), (1, 0, 20), (0, 1, 30), (0, 2, 50)]);
+        // The writer completes the partial line: a poll picks it up.
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(p1.join(segment_name(0)))
+            .unwrap();
+        f.write_all(b"estamp\":60,\"key\":\"k\",\"headers\":{},\"value\":{}}\n")
+            .unwrap();
+        r.poll().unwrap();
+        let e = r.next_entry().unwrap().unwrap();
+        assert_eq!((e.partition, e.offset, e.timestamp_ms), (1, 1, 60));
+        assert!(
+            e.to_output("t")
+                .starts_with("{\"topic\":\"t\",\"partition\":1,\"offset\":1,")
+        );
+    }
+
+    #[test]
+    fn last_keeps_the_newest_n() {
+        let dir = tempfile::tempdir().unwrap();
+        let p0 = dir.path().join("t/0");
+        fs::create_dir_all(&p0).unwrap();
+        let text: String = (0..10).map(|i| line(i, i as i64)).collect();
+        fs::write(p0.join(segment_name(0)), text).unwrap();
+        let last = TopicReader::open(dir.path(), "t").unwrap().last(3).unwrap();
+        let offsets: Vec<_> = last.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, vec![7, 8, 9]);
+    }
+}

@@ -1,0 +1,277 @@
+//! Connectors: one file per source type holding its parser and the tests that pin its quirks.
+//!
+//! A parser turns one payload (a file, later an HTTP body) into rows. A row is either a valid
+//! [`Record`] or an [`Invalid`] row with its reason and raw text, which the pipeline sends to
+//! the DLQ; the rest of the payload continues. A payload that is not the expected format at
+//! all (an HTML error page, `Invalid MAP_KEY.`) is a [`PayloadError`], never "zero rows".
+//!
+//! Adding a connector: a new file here, a variant in [`SourceType`], a line in
+//! [`build_parser`].
+
+mod geojson;
+pub mod nasa_firms;
+pub mod nws_alerts;
+pub mod nws_observations;
+
+use std::fmt;
+use std::io::BufRead;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::SourceConfig;
+use crate::record::{Kind, Record};
+
+/// The connector types this build knows (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceType {
+    NasaFirms,
+    NwsObservations,
+    NwsAlerts,
+}
+
+impl SourceType {
+    pub const ALL: [SourceType; 3] = [
+        SourceType::NasaFirms,
+        SourceType::NwsObservations,
+        SourceType::NwsAlerts,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceType::NasaFirms => "nasa_firms",
+            SourceType::NwsObservations => "nws_observations",
+            SourceType::NwsAlerts => "nws_alerts",
+        }
+    }
+
+    /// Topic used when neither the source nor a routing rule names one (DESIGN §10).
+    pub fn default_topic(self) -> &'static str {
+        match self {
+            SourceType::NasaFirms => "wildfire-nasa-firms",
+            SourceType::NwsObservations => "wildfire-weather-data",
+            SourceType::NwsAlerts => "wildfire-weather-alerts",
+        }
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            SourceType::NasaFirms => Kind::FireDetection,
+            SourceType::NwsObservations => Kind::WeatherObservation,
+            SourceType::NwsAlerts => Kind::WeatherAlert,
+        }
+    }
+}
+
+impl fmt::Display for SourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SourceType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SourceType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = SourceType::ALL.iter().map(|t| t.as_str()).collect();
+                format!(
+                    "unknown source type `{s}`; known types: {}",
+                    known.join(", ")
+                )
+            })
+    }
+}
+
+/// A row that failed validation: it goes to the DLQ with `stage: validate`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    /// Where in the payload, e.g. `line 12` or `feature 3`.
+    pub position: String,
+    pub reason: String,
+    /// The row as the source gave it.
+    pub raw: String,
+}
+
+/// One parsed row.
+#[derive(Debug)]
+pub enum Row {
+    Valid(Box<Record>),
+    Invalid(Invalid),
+}
+
+/// A payload that is not what the source type expects. Classified so operators can tell an
+/// expired key from an outage page from a format change.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("empty payload where {expected} was expected")]
+    Empty { expected: &'static str },
+    #[error("an HTML page where {expected} was expected; it begins: {excerpt:?}")]
+    Html {
+        expected: &'static str,
+        excerpt: String,
+    },
+    #[error("plain text where {expected} was expected; it begins: {excerpt:?}")]
+    Text {
+        expected: &'static str,
+        excerpt: String,
+    },
+    #[error("CSV header lacks required column(s) {missing}; it begins: {excerpt:?}")]
+    MissingColumns { missing: String, excerpt: String },
+    #[error("invalid JSON ({detail}); it begins: {excerpt:?}")]
+    InvalidJson { detail: String, excerpt: String },
+    #[error("JSON of an unexpected shape ({detail}); it begins: {excerpt:?}")]
+    UnexpectedJson { detail: String, excerpt: String },
+    #[error("upstream error document: {title} (status {status}); it begins: {excerpt:?}")]
+    Problem {
+        title: String,
+        status: String,
+        excerpt: String,
+    },
+    #[error("CSV could not be read: {detail}")]
+    Csv { detail: String },
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl PayloadError {
+    /// The DLQ `error_kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PayloadError::Empty { .. } => "empty_payload",
+            PayloadError::Html { .. } => "html_payload",
+            PayloadError::Text { .. } => "text_payload",
+            PayloadError::MissingColumns { .. } => "missing_columns",
+            PayloadError::InvalidJson { .. } => "invalid_json",
+            PayloadError::UnexpectedJson { .. } => "unexpected_json",
+            PayloadError::Problem { .. } => "upstream_problem",
+            PayloadError::Csv { .. } => "csv_error",
+            PayloadError::Io(_) => "io_error",
+        }
+    }
+
+    /// The first bytes of the payload, for the DLQ record.
+    pub fn excerpt(&self) -> Option<&str> {
+        match self {
+            PayloadError::Html { excerpt, .. }
+            | PayloadError::Text { excerpt, .. }
+            | PayloadError::MissingColumns { excerpt, .. }
+            | PayloadError::InvalidJson { excerpt, .. }
+            | PayloadError::UnexpectedJson { excerpt, .. }
+            | PayloadError::Problem { excerpt, .. } => Some(excerpt),
+            _ => None,
+        }
+    }
+}
+
+/// Parses one payload of a source type into rows.
+pub trait Parser: Send + Sync {
+    /// Reads `input` to its end, handing each row to `out`; stops early when `out` returns
+    /// false (shutdown). Returns an error only when the payload as a whole is unusable; rows
+    /// already handed out stay valid.
+    fn parse(
+        &self,
+        input: &mut dyn BufRead,
+        out: &mut dyn FnMut(Row) -> bool,
+    ) -> Result<(), PayloadError>;
+}
+
+/// The parser for a source, with that source's settings.
+pub fn build_parser(source_id: Arc<str>, config: &SourceConfig) -> Arc<dyn Parser> {
+    match config.source_type {
+        SourceType::NasaFirms => Arc::new(nasa_firms::FirmsParser::new(source_id, config)),
+        SourceType::NwsObservations => {
+            Arc::new(nws_observations::ObservationParser::new(source_id))
+        }
+        SourceType::NwsAlerts => Arc::new(nws_alerts::AlertParser::new(source_id, config)),
+    }
+}
+
+/// Longest payload excerpt kept in errors and DLQ records.
+pub const EXCERPT_BYTES: usize = 200;
+
+/// The first [`EXCERPT_BYTES`] of a payload as text (lossy; cut on a character boundary).
+pub fn excerpt(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(EXCERPT_BYTES)];
+    let text = String::from_utf8_lossy(cut);
+    text.trim_end_matches('\u{FFFD}').trim().to_owned()
+}
+
+/// Recognises payloads that are plainly not data: empty bodies and HTML pages.
+pub(crate) fn sniff_non_data(head: &[u8], expected: &'static str) -> Option<PayloadError> {
+    let text = String::from_utf8_lossy(&head[..head.len().min(1024)]);
+    let trimmed = text.trim_start_matches('\u{FEFF}').trim_start();
+    if trimmed.is_empty() {
+        return Some(PayloadError::Empty { expected });
+    }
+    let lower = trimmed.to_ascii_lowercase();
+    if lower.starts_with("<!doctype html")
+        || lower.starts_with("<html")
+        || lower.starts_with("<?xml")
+        || lower.starts_with("<head")
+        || lower.starts_with("<body")
+        || (lower.starts_with('<') && lower.contains("<html"))
+    {
+        return Some(PayloadError::Html {
+            expected,
+            excerpt: excerpt(head),
+        });
+    }
+    None
+}
+
+/// Reads a whole payload into memory, capped so a runaway file cannot exhaust memory.
+/// JSON formats need the whole document; CSV streams instead.
+pub(crate) fn read_to_end_capped(
+    input: &mut dyn BufRead,
+    cap: u64,
+) -> Result<Vec<u8>, PayloadError> {
+    use std::io::Read;
+    let mut body = Vec::new();
+    input.take(cap + 1).read_to_end(&mut body)?;
+    if body.len() as u64 > cap {
+        return Err(PayloadError::Io(std::io::Error::other(format!(
+            "payload larger than {} bytes; split it or raise the limit",
+            cap
+        ))));
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_type_names_round_trip() {
+        for t in SourceType::ALL {
+            assert_eq!(t.as_str().parse::<SourceType>().unwrap(), t);
+        }
+        let err = "firms".parse::<SourceType>().unwrap_err();
+        assert!(err.contains("nasa_firms"), "{err}");
+    }
+
+    #[test]
+    fn sniffs_html_and_empty_bodies() {
+        assert!(matches!(
+            sniff_non_data(b"  \n", "CSV"),
+            Some(PayloadError::Empty { .. })
+        ));
+        let html = b"<!DOCTYPE html><html><head><title>403 Forbidden</title></head></html>";
+        match sniff_non_data(html, "CSV") {
+            Some(PayloadError::Html { excerpt, .. }) => assert!(excerpt.contains("403 Forbidden")),
+            other => panic!("{other:?}"),
+        }
+        assert!(sniff_non_data(b"latitude,longitude\n", "CSV").is_none());
+    }
+
+    #[test]
+    fn excerpt_is_capped() {
+        let long = vec![b'x'; 1000];
+        assert_eq!(excerpt(&long).len(), EXCERPT_BYTES);
+    }
+}

@@ -1,0 +1,267 @@
+//! `nws_alerts`: api.weather.gov active alerts (GeoJSON FeatureCollection of CAP alerts).
+//!
+//! Quirks: geometry is often null (the area is given by UGC zones), then `location` is null;
+//! an Update or Cancel is a new alert id that references earlier ones; `expires` may precede
+//! `onset` (not an error); times carry offsets. Fire-weather events are `critical`.
+
+use std::io::BufRead;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Invalid, Parser, PayloadError, Row, SourceType, geojson};
+use crate::config::SourceConfig;
+use crate::record::{Data, Kind, Location, Priority, Quality, Record, RecordId, WeatherAlert};
+
+/// Events delivered as `critical` unless a source configures its own list.
+pub const DEFAULT_CRITICAL_EVENTS: [&str; 5] = [
+    "Red Flag Warning",
+    "Fire Weather Watch",
+    "Fire Warning",
+    "Extreme Fire Danger",
+    "Evacuation Immediate",
+];
+
+pub struct AlertParser {
+    source_id: Arc<str>,
+    critical_events: Vec<String>,
+}
+
+impl AlertParser {
+    pub fn new(source_id: Arc<str>, config: &SourceConfig) -> Self {
+        let critical_events = match &config.critical_events {
+            Some(list) => list.clone(),
+            None => DEFAULT_CRITICAL_EVENTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        AlertParser {
+            source_id,
+            critical_events,
+        }
+    }
+
+    fn is_critical(&self, event: &str) -> bool {
+        self.critical_events
+            .iter()
+            .any(|e| e.eq_ignore_ascii_case(event.trim()))
+    }
+}
+
+impl Parser for AlertParser {
+    fn parse(
+        &self,
+        input: &mut dyn BufRead,
+        out: &mut dyn FnMut(Row) -> bool,
+    ) -> Result<(), PayloadError> {
+        for (position, feature) in geojson::features(input, "NWS alerts GeoJSON")? {
+            let parsed = match self.parse_feature(&feature) {
+                Ok(record) => Row::Valid(Box::new(record)),
+                Err(reason) => Row::Invalid(Invalid {
+                    position,
+                    reason,
+                    raw: geojson::raw(&feature),
+                }),
+            };
+            if !out(parsed) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Properties {
+    id: Option<String>,
+    event: Option<String>,
+    message_type: Option<String>,
+    severity: Option<String>,
+    urgency: Option<String>,
+    certainty: Option<String>,
+    headline: Option<String>,
+    area_desc: Option<String>,
+    #[serde(default)]
+    geocode: Geocode,
+    sent: Option<String>,
+    effective: Option<String>,
+    onset: Option<String>,
+    expires: Option<String>,
+    ends: Option<String>,
+    sender_name: Option<String>,
+    #[serde(default)]
+    references: Vec<Reference>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+struct Geocode {
+    #[serde(default)]
+    ugc: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Reference {
+    identifier: Option<String>,
+    #[serde(rename = "@id")]
+    url: Option<String>,
+}
+
+impl AlertParser {
+    fn parse_feature(&self, feature: &Value) -> Result<Record, String> {
+        let props: Properties = serde_json::from_value(
+            feature
+                .get("properties")
+                .cloned()
+                .ok_or("feature has no properties")?,
+        )
+        .map_err(|e| format!("properties: {e}"))?;
+        let alert_id = props
+            .id
+            .clone()
+            .or_else(|| feature.get("id").and_then(Value::as_str).map(str::to_owned))
+            .filter(|s| !s.is_empty())
+            .ok_or("alert has no id")?;
+
+        let time = |name: &str, text: &Option<String>| -> Result<Option<DateTime<Utc>>, String> {
+            text.as_deref()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| {
+                    DateTime::parse_from_rfc3339(t.trim())
+                        .map(|d| d.with_timezone(&Utc))
+                        .map_err(|_| format!("{name} {t:?} is not RFC 3339 with an offset"))
+                })
+                .transpose()
+        };
+        let sent = time("sent", &props.sent)?;
+        let effective = time("effective", &props.effective)?;
+        let onset = time("onset", &props.onset)?;
+        let expires = time("expires", &props.expires)?;
+        let ends = time("ends", &props.ends)?;
+        let event_time = sent
+            .or(effective)
+            .ok_or("alert has neither sent nor effective time")?;
+
+        let geometry = feature.get("geometry").filter(|g| !g.is_null()).cloned();
+        let location = match &geometry {
+            Some(g) => {
+                let (lon, lat) = centroid(g).ok_or("alert geometry has no usable coordinates")?;
+                Some(Location::new(lat, lon)?)
+            }
+            None => None,
+        };
+
+        let priority = if props.event.as_deref().is_some_and(|e| self.is_critical(e)) {
+            Priority::Critical
+        } else {
+            Priority::Normal
+        };
+        let references = props
+            .references
+            .into_iter()
+            .filter_map(|r| r.identifier.or(r.url))
+            .collect();
+
+        Ok(Record {
+            schema: (),
+            id: RecordId::from_natural_key(SourceType::NwsAlerts, &[&alert_id]),
+            source_id: self.source_id.clone(),
+            source_type: SourceType::NwsAlerts,
+            kind: Kind::WeatherAlert,
+            event_time,
+            ingested_at: Utc::now(),
+            location,
+            priority,
+            quality: Quality::from_flags(Vec::new()),
+            data: Data::WeatherAlert(WeatherAlert {
+                alert_id,
+                event: props.event,
+                message_type: props.message_type,
+                severity: props.severity,
+                urgency: props.urgency,
+                certainty: props.certainty,
+                headline: props.headline,
+                area_desc: props.area_desc,
+                ugc_zones: props.geocode.ugc,
+                sent,
+                effective,
+                onset,
+                expires,
+                ends,
+                sender_name: props.sender_name,
+                references,
+                geometry,
+            }),
+        })
+    }
+}
+
+/// Mean of a geometry's vertices as `(lon, lat)`: a representative point for routing, not a
+/// true area centroid. Closing vertices of rings are counted once.
+fn centroid(geometry: &Value) -> Option<(f64, f64)> {
+    fn collect(value: &Value, out: &mut Vec<(f64, f64)>) {
+        if let Some(items) = value.as_array() {
+            if let (Some(lon), Some(lat)) = (
+                items.first().and_then(Value::as_f64),
+                items.get(1).and_then(Value::as_f64),
+            ) {
+                out.push((lon, lat));
+                return;
+            }
+            let start = out.len();
+            for item in items {
+                collect(item, out);
+            }
+            // A closed ring repeats its first vertex last.
+            if out.len() - start > 1 && out[start] == out[out.len() - 1] {
+                out.pop();
+            }
+        }
+    }
+    let mut points = Vec::new();
+    collect(geometry.get("coordinates")?, &mut points);
+    if points.is_empty() {
+        return None;
+    }
+    let n = points.len() as f64;
+    let (sum_lon, sum_lat) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (lon, lat)| (a + lon, b + lat));
+    Some((sum_lon / n, sum_lat / n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn centroid_of_closed_ring_counts_each_vertex_once() {
+        let square = json!({"type": "Polygon", "coordinates": [[[0.0, 0.0], [2.0, 0.0], [2.0, 2.0], [0.0, 2.0], [0.0, 0.0]]]});
+        assert_eq!(centroid(&square), Some((1.0, 1.0)));
+        let point = json!({"type": "Point", "coordinates": [-120.5, 38.25]});
+        assert_eq!(centroid(&point), Some((-120.5, 38.25)));
+        assert_eq!(
+            centroid(&json!({"type": "Polygon", "coordinates": []})),
+            None
+        );
+    }
+
+    #[test]
+    fn critical_events_match_case_insensitively() {
+        let parser = AlertParser {
+            source_id: Arc::from("t"),
+            critical_events: DEFAULT_CRITICAL_EVENTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        assert!(parser.is_critical("Red Flag Warning"));
+        assert!(parser.is_critical("red flag warning "));
+        assert!(!parser.is_critical("Excessive Heat Warning"));
+    }
+}

@@ -1,0 +1,128 @@
+//! Counters every component moves, so each record's fate is accounted for: delivered,
+//! deduplicated, or in the DLQ. The ingest summary reads them; Prometheus will export them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::dlq::Stage;
+
+/// Per-stream counters.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Rows the parser saw, valid or not.
+    pub rows: AtomicU64,
+    /// Valid records produced.
+    pub records: AtomicU64,
+    pub duplicates: AtomicU64,
+    /// Rows that failed validation (sent to the DLQ).
+    pub invalid: AtomicU64,
+    /// Records handed to the queue.
+    pub enqueued: AtomicU64,
+    /// Payloads (files, responses) that could not be read or parsed at all.
+    pub payload_errors: AtomicU64,
+    pub polls_ok: AtomicU64,
+    pub polls_failed: AtomicU64,
+}
+
+/// A point-in-time copy of [`StreamStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StreamSnapshot {
+    pub rows: u64,
+    pub records: u64,
+    pub duplicates: u64,
+    pub invalid: u64,
+    pub enqueued: u64,
+    pub payload_errors: u64,
+    pub polls_ok: u64,
+    pub polls_failed: u64,
+}
+
+impl StreamStats {
+    pub fn snapshot(&self) -> StreamSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StreamSnapshot {
+            rows: get(&self.rows),
+            records: get(&self.records),
+            duplicates: get(&self.duplicates),
+            invalid: get(&self.invalid),
+            enqueued: get(&self.enqueued),
+            payload_errors: get(&self.payload_errors),
+            polls_ok: get(&self.polls_ok),
+            polls_failed: get(&self.polls_failed),
+        }
+    }
+}
+
+/// Per-topic delivery counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TopicCounts {
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+/// All counters of one process.
+#[derive(Debug, Default)]
+pub struct Stats {
+    streams: Mutex<BTreeMap<String, Arc<StreamStats>>>,
+    topics: Mutex<BTreeMap<String, TopicCounts>>,
+    dlq: Mutex<BTreeMap<Stage, u64>>,
+    /// Dead letters the sink could not store either: the only way a record is lost, so it is
+    /// counted and logged loudly.
+    pub dlq_write_failures: AtomicU64,
+}
+
+impl Stats {
+    pub fn stream(&self, id: &str) -> Arc<StreamStats> {
+        self.streams
+            .lock()
+            .expect("stats lock")
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    pub fn streams(&self) -> BTreeMap<String, StreamSnapshot> {
+        self.streams
+            .lock()
+            .expect("stats lock")
+            .iter()
+            .map(|(id, s)| (id.clone(), s.snapshot()))
+            .collect()
+    }
+
+    pub fn add_delivered(&self, topic: &str, n: u64) {
+        self.topics
+            .lock()
+            .expect("stats lock")
+            .entry(topic.to_owned())
+            .or_default()
+            .delivered += n;
+    }
+
+    pub fn add_failed(&self, topic: &str, n: u64) {
+        self.topics
+            .lock()
+            .expect("stats lock")
+            .entry(topic.to_owned())
+            .or_default()
+            .failed += n;
+    }
+
+    pub fn topics(&self) -> BTreeMap<String, TopicCounts> {
+        self.topics.lock().expect("stats lock").clone()
+    }
+
+    pub fn add_dead_letter(&self, stage: Stage) {
+        *self
+            .dlq
+            .lock()
+            .expect("stats lock")
+            .entry(stage)
+            .or_default() += 1;
+    }
+
+    pub fn dead_letters(&self) -> BTreeMap<Stage, u64> {
+        self.dlq.lock().expect("stats lock").clone()
+    }
+}
