@@ -64,6 +64,7 @@ impl Stream {
     /// Reads every new or changed file once.
     pub async fn poll_once(&mut self, cancel: &CancellationToken) -> PollOutcome {
         let stream_stats = self.stats.stream(&self.id);
+        let before = stream_stats.snapshot();
         let mut outcome = PollOutcome::default();
         let found = match self.transport.pending() {
             Ok(found) => found,
@@ -117,6 +118,18 @@ impl Stream {
                     break;
                 }
             }
+        }
+        if outcome.files > 0 {
+            let after = stream_stats.snapshot();
+            info!(
+                files = outcome.files,
+                failed_files = outcome.failed_files,
+                rows = after.rows - before.rows,
+                new_records = after.enqueued - before.enqueued,
+                duplicates = after.duplicates - before.duplicates,
+                invalid = after.invalid - before.invalid,
+                "poll done"
+            );
         }
         let counter = if outcome.failed_files == 0 {
             &stream_stats.polls_ok

@@ -224,6 +224,15 @@ pub(crate) fn sniff_non_data(head: &[u8], expected: &'static str) -> Option<Payl
     None
 }
 
+/// Reads up to `n` bytes from the start of a payload, however the reader chunks its data,
+/// so format checks never judge a payload by a short first read.
+pub(crate) fn read_head(input: &mut dyn BufRead, n: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(n);
+    input.take(n as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
 /// Reads a whole payload into memory, capped so a runaway file cannot exhaust memory.
 /// JSON formats need the whole document; CSV streams instead.
 pub(crate) fn read_to_end_capped(

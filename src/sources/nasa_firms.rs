@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use chrono::{NaiveDate, NaiveTime, TimeZone, Utc};
 
-use super::{Invalid, Parser, PayloadError, Row, SourceType, excerpt, sniff_non_data};
+use super::{Invalid, Parser, PayloadError, Row, SourceType, excerpt, read_head, sniff_non_data};
 use crate::config::SourceConfig;
 use crate::record::{
     Confidence, Data, DayNight, DetectionType, FireDetection, Instrument, Kind, Location, Priority,
@@ -115,14 +115,14 @@ impl Parser for FirmsParser {
         input: &mut dyn BufRead,
         out: &mut dyn FnMut(Row) -> bool,
     ) -> Result<(), PayloadError> {
-        let head = input.fill_buf()?.to_vec();
+        let head = read_head(input, 1024)?;
         if let Some(err) = sniff_non_data(&head, "FIRMS CSV") {
             return Err(err);
         }
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
             .has_headers(true)
-            .from_reader(input);
+            .from_reader(std::io::Read::chain(head.as_slice(), input));
         let header = reader
             .headers()
             .map_err(|e| PayloadError::Csv {
@@ -656,6 +656,30 @@ mod tests {
             parse("Invalid MAP_KEY.\n").unwrap_err().kind(),
             "text_payload"
         );
+    }
+
+    #[test]
+    fn payload_checks_do_not_depend_on_how_the_reader_chunks_data() {
+        // Regression: a reader whose first read returned 2 bytes made `Invalid MAP_KEY.`
+        // look like the text "In".
+        let mut rows = Vec::new();
+        let mut tiny = std::io::BufReader::with_capacity(2, "Invalid MAP_KEY.".as_bytes());
+        match parser().parse(&mut tiny, &mut |r| {
+            rows.push(r);
+            true
+        }) {
+            Err(PayloadError::Text { excerpt, .. }) => assert_eq!(excerpt, "Invalid MAP_KEY."),
+            other => panic!("{other:?}"),
+        }
+        let text = format!("{M6_HEADER}\n{M6_ROW}\n");
+        let mut tiny = std::io::BufReader::with_capacity(1, text.as_bytes());
+        parser()
+            .parse(&mut tiny, &mut |r| {
+                rows.push(r);
+                true
+            })
+            .unwrap();
+        assert!(matches!(rows.as_slice(), [Row::Valid(_)]));
     }
 
     #[test]

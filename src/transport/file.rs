@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -120,11 +120,11 @@ pub fn open(path: &Path) -> io::Result<Box<dyn BufRead + Send>> {
     let mut file = File::open(path)?;
     let mut magic = [0u8; 2];
     let n = read_up_to(&mut file, &mut magic)?;
-    let file = BufReader::new(std::io::Cursor::new(magic[..n].to_vec()).chain(file));
+    file.seek(SeekFrom::Start(0))?;
     if n == 2 && magic == [0x1f, 0x8b] {
         Ok(Box::new(BufReader::with_capacity(
             256 * 1024,
-            MultiGzDecoder::new(file),
+            MultiGzDecoder::new(BufReader::new(file)),
         )))
     } else {
         Ok(Box::new(BufReader::with_capacity(256 * 1024, file)))
