@@ -95,49 +95,48 @@ impl Queue {
 
     /// Enqueues a record, waiting while its lane is full.
     pub async fn push(&self, record: Record) -> Result<(), Closed<Record>> {
-        let mut item = Some(record);
-        loop {
-            let notified = self.space.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut state = self.state.lock().expect("queue lock");
-                let record = item.take().expect("record kept until enqueued");
-                if state.closed {
-                    return Err(Closed(record));
-                }
-                if self.admits(&state, record.priority) {
-                    state.lanes[record.priority.lane()].push_back(record);
-                    drop(state);
-                    self.ready.notify_one();
-                    return Ok(());
-                }
-                item = Some(record);
-            }
-            notified.await;
-        }
+        self.put(
+            record,
+            |queue, state, record| queue.admits(state, record.priority),
+            |state, record| state.lanes[record.priority.lane()].push_back(record),
+        )
+        .await
     }
 
     /// Enqueues a dead letter, waiting while the dead-letter lane is full.
     pub async fn push_dead(&self, dead: DeadLetter) -> Result<(), Closed<DeadLetter>> {
-        let mut item = Some(dead);
+        self.put(
+            dead,
+            |queue, state, _| state.dead.len() < queue.dead_capacity,
+            |state, dead| state.dead.push_back(dead),
+        )
+        .await
+    }
+
+    /// Inserts `item` as soon as `fits` says there is room, or hands it back once the
+    /// queue is closed.
+    async fn put<T>(
+        &self,
+        item: T,
+        fits: impl Fn(&Queue, &State, &T) -> bool,
+        insert: impl FnOnce(&mut State, T),
+    ) -> Result<(), Closed<T>> {
         loop {
+            // Registered before the check, so a wake-up between check and wait is not missed.
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut state = self.state.lock().expect("queue lock");
-                let dead = item.take().expect("dead letter kept until enqueued");
                 if state.closed {
-                    return Err(Closed(dead));
+                    return Err(Closed(item));
                 }
-                if state.dead.len() < self.dead_capacity {
-                    state.dead.push_back(dead);
+                if fits(self, &state, &item) {
+                    insert(&mut state, item);
                     drop(state);
                     self.ready.notify_one();
                     return Ok(());
                 }
-                item = Some(dead);
             }
             notified.await;
         }

@@ -99,7 +99,8 @@ impl Stream {
                 cancel: cancel.clone(),
                 path: path.clone(),
             };
-            let result = tokio::task::spawn_blocking(move || job.run())
+            let span = tracing::Span::current();
+            let result = tokio::task::spawn_blocking(move || span.in_scope(|| job.run()))
                 .await
                 .expect("file parsing task panicked");
             match result {

@@ -4,7 +4,8 @@ use std::io::BufRead;
 
 use serde_json::Value;
 
-use crate::sources::{PayloadError, excerpt, read_to_end_capped, sniff_non_data};
+use crate::record::Record;
+use crate::sources::{Invalid, PayloadError, Row, excerpt, read_to_end_capped, sniff_non_data};
 
 /// Largest GeoJSON document read into memory (a whole state's alerts are a few MB).
 const MAX_DOCUMENT_BYTES: u64 = 256 * 1024 * 1024;
@@ -60,6 +61,29 @@ pub fn features(
             excerpt: excerpt(&body),
         }),
     }
+}
+
+/// Parses each feature of a GeoJSON payload with `parse_feature`, handing rows to `out`.
+pub fn parse_features(
+    input: &mut dyn BufRead,
+    expected: &'static str,
+    out: &mut dyn FnMut(Row) -> bool,
+    parse_feature: impl Fn(&Value) -> Result<Record, String>,
+) -> Result<(), PayloadError> {
+    for (position, feature) in features(input, expected)? {
+        let row = match parse_feature(&feature) {
+            Ok(record) => Row::Valid(Box::new(record)),
+            Err(reason) => Row::Invalid(Invalid {
+                position,
+                reason,
+                raw: raw(&feature),
+            }),
+        };
+        if !out(row) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// `(lon, lat)` of a Point geometry.

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Invalid, Parser, PayloadError, Row, SourceType, geojson};
+use super::{Parser, PayloadError, Row, SourceType, geojson};
 use crate::record::{
     Data, Kind, Location, Priority, Quality, QualityFlag, Record, RecordId, WeatherObservation,
     format_event_time,
@@ -36,20 +36,9 @@ impl Parser for ObservationParser {
         input: &mut dyn BufRead,
         out: &mut dyn FnMut(Row) -> bool,
     ) -> Result<(), PayloadError> {
-        for (position, feature) in geojson::features(input, "NWS observation GeoJSON")? {
-            let parsed = match self.parse_feature(&feature) {
-                Ok(record) => Row::Valid(Box::new(record)),
-                Err(reason) => Row::Invalid(Invalid {
-                    position,
-                    reason,
-                    raw: geojson::raw(&feature),
-                }),
-            };
-            if !out(parsed) {
-                break;
-            }
-        }
-        Ok(())
+        geojson::parse_features(input, "NWS observation GeoJSON", out, |f| {
+            self.parse_feature(f)
+        })
     }
 }
 

@@ -1,0 +1,332 @@
+//! The `firestream` binary end to end: ingest, tail, validate, and the demo config run
+//! until SIGTERM.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{real, repo, topic};
+use serde_json::Value;
+
+fn firestream(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_firestream"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .env_remove("FIRESTREAM_CONFIG")
+        .output()
+        .expect("firestream runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn sink_only_config(dir: &Path) -> PathBuf {
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, "sink: {type: log, log: {dir: out/log}}\n").unwrap();
+    config
+}
+
+#[test]
+fn ingest_from_another_directory_then_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sink_only_config(dir.path());
+    let elsewhere = tempfile::tempdir().unwrap();
+    // PATH relative to the working directory; log dir relative to the config file.
+    let data = elsewhere.path().join("fires.csv");
+    std::fs::copy(real("firms/fire_nrt_M6_157509.csv"), &data).unwrap();
+    let out = firestream(
+        elsewhere.path(),
+        &[
+            "ingest",
+            "-c",
+            config.to_str().unwrap(),
+            "--source-type",
+            "nasa_firms",
+            "fires.csv",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for expected in [
+        "rows read              5824",
+        "records emitted        5824",
+        "duplicates                0",
+        "invalid → DLQ             0",
+        "wildfire-nasa-firms                5824",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let log = dir.path().join("out/log");
+    assert_eq!(topic(&log, "wildfire-nasa-firms").len(), 5_824);
+    assert!(!elsewhere.path().join("out").exists());
+
+    let cfg = config.to_str().unwrap();
+    let out = firestream(
+        elsewhere.path(),
+        &["tail", "-c", cfg, "wildfire-nasa-firms", "-n", "3"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        assert_eq!(line["topic"], "wildfire-nasa-firms");
+        assert!(line["partition"].as_u64().unwrap() < 4);
+        assert_eq!(line["value"]["kind"], "fire_detection");
+    }
+    let out = firestream(
+        elsewhere.path(),
+        &["tail", "-c", cfg, "wildfire-nasa-firms", "--from-beginning"],
+    );
+    assert_eq!(stdout(&out).lines().count(), 5_824);
+    // Merged by timestamp, then partition and offset.
+    let order: Vec<(i64, u64, u64)> = stdout(&out)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["timestamp"].as_i64().unwrap(),
+                v["partition"].as_u64().unwrap(),
+                v["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] <= w[1]));
+    let out = firestream(
+        elsewhere.path(),
+        &[
+            "tail",
+            "-c",
+            cfg,
+            "wildfire-nasa-firms",
+            "--from-beginning",
+            "-n",
+            "2",
+        ],
+    );
+    assert_eq!(stdout(&out).lines().count(), 2);
+
+    let out = firestream(elsewhere.path(), &["tail", "-c", cfg, "no-such-topic"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("topic no-such-topic not found")
+            && stderr(&out).contains("wildfire-nasa-firms"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn ingest_json_summary_and_dlq_for_a_bad_row() {
+    let dir = tempfile::tempdir().unwrap();
+    sink_only_config(dir.path());
+    let text = std::fs::read_to_string(real(
+        "firms/area_api_VIIRS_NOAA20_SP__2026-04-04__first40_transcribed.csv",
+    ))
+    .unwrap();
+    // Row 2's latitude out of range.
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let (_, rest) = lines[2].split_once(',').unwrap();
+    lines[2] = format!("95.1,{rest}");
+    std::fs::write(dir.path().join("bad.csv"), lines.join("\n")).unwrap();
+    let out = firestream(
+        dir.path(),
+        &[
+            "ingest",
+            "-c",
+            "config.yaml",
+            "--source-type",
+            "nasa_firms",
+            "--json",
+            "bad.csv",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let s = &summary["streams"]["ingest_nasa_firms"];
+    assert_eq!(s["rows"], 40);
+    assert_eq!(s["records"], 39);
+    assert_eq!(s["invalid"], 1);
+    assert_eq!(summary["topics"]["wildfire-nasa-firms"]["delivered"], 39);
+    assert_eq!(summary["topics"]["firestream-dlq"]["delivered"], 1);
+    assert_eq!(summary["dead_letters"]["validate"], 1);
+    assert_eq!(summary["lost"], 0);
+    let out = firestream(dir.path(), &["tail", "-c", "config.yaml", "firestream-dlq"]);
+    let dlq: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert!(
+        dlq["value"]["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("bad.csv line 3: latitude 95.1 is outside -90..90"),
+        "{dlq}"
+    );
+}
+
+#[test]
+fn usage_and_config_errors_exit_2_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sink_only_config(dir.path());
+    let cfg = config.to_str().unwrap();
+    let out = firestream(
+        dir.path(),
+        &[
+            "ingest",
+            "-c",
+            cfg,
+            "--source-type",
+            "nasa_firms",
+            "missing.csv",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("missing.csv: no such file"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = firestream(
+        dir.path(),
+        &["ingest", "-c", cfg, "--source-type", "firms", "x.csv"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("known types: nasa_firms"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = firestream(dir.path(), &["ingest", "-c", cfg, "x.csv"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--source-type or --source is required"
+    );
+
+    std::fs::write(dir.path().join("data.csv"), "x").unwrap();
+    let out = firestream(
+        dir.path(),
+        &["ingest", "-c", cfg, "--source", "nope", "data.csv"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown source `nope`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "sink:\n  type: log\nsourcs: {}\n").unwrap();
+    let out = firestream(dir.path(), &["validate", "-c", "bad.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.yaml:3:1") && err.contains("unknown field `sourcs`"),
+        "{err}"
+    );
+
+    let out = firestream(dir.path(), &["run", "-c", "nowhere.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("config file nowhere.yaml not found"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = firestream(dir.path(), &["run", "-c", cfg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no sources configured"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = firestream(&repo("."), &["validate", "-c", "config/demo.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn demo_config_runs_writes_as_it_goes_and_stops_cleanly_on_sigterm() {
+    // A copy of the repository's demo layout, so the test never writes into the checkout.
+    let root = tempfile::tempdir().unwrap();
+    copy_dir(&repo("samples"), &root.path().join("samples"));
+    std::fs::create_dir(root.path().join("config")).unwrap();
+    std::fs::copy(
+        repo("config/demo.yaml"),
+        root.path().join("config/demo.yaml"),
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firestream"))
+        .args(["run", "-c"])
+        .arg(root.path().join("config/demo.yaml"))
+        .current_dir(elsewhere.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = root.path().join("data/log");
+    let counts = || {
+        (
+            topic(&log, "wildfire-nasa-firms").len(),
+            topic(&log, "wildfire-weather-data").len(),
+            topic(&log, "wildfire-weather-alerts").len(),
+        )
+    };
+    let expected = (2_189, 1, 3);
+    let mut seen = (0, 0, 0);
+    for _ in 0..600 {
+        seen = counts();
+        if seen == expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // On disk while still running.
+    assert_eq!(seen, expected);
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let log_text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log_text}");
+    assert!(log_text.contains("stopped"), "{log_text}");
+    assert_eq!(
+        counts(),
+        expected,
+        "nothing more, nothing less after shutdown"
+    );
+    // The gzip sample and the archive backfill came through with their own stream ids.
+    let firms = common::envelopes(&log, "wildfire-nasa-firms");
+    let by = |id: &str| firms.iter().filter(|e| e["source_id"] == id).count();
+    assert_eq!(by("firms_modis_usa"), 1_049);
+    assert_eq!(by("firms_viirs"), 40 + 300 + 500);
+    assert_eq!(by("firms_archive_backfill"), 300);
+}
