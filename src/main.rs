@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use firestream::config::{Config, ConfigError, LogFormat};
-use firestream::manager::{IngestTarget, Report, StreamManager, dead_letters_by_stage};
+use firestream::manager::{
+    IngestTarget, ManagerError, Report, StreamManager, dead_letters_by_stage,
+};
 use firestream::sinks::log::reader::{self, TopicReader};
 use firestream::sources::SourceType;
 use tokio_util::sync::CancellationToken;
@@ -128,7 +130,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(async {
                 let manager = StreamManager::new(config)?;
                 let shutdown = shutdown_on_signals();
-                manager.run(shutdown).await?;
+                manager.run(shutdown).await.map_err(|e| match e {
+                    ManagerError::NoSources(_) => anyhow::Error::new(UsageError(e.to_string())),
+                    other => other.into(),
+                })?;
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -158,7 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .ingest(target, paths, shutdown_on_signals())
                     .await
                     .map_err(|e| match e {
-                        firestream::manager::ManagerError::UnknownSource { .. } => {
+                        ManagerError::UnknownSource { .. } => {
                             anyhow::Error::new(UsageError(e.to_string()))
                         }
                         other => other.into(),

@@ -29,6 +29,10 @@ pub enum ManagerError {
     Sink(#[from] SinkError),
     #[error("no sources configured in {0}; add one under `sources:` (see README)")]
     NoSources(PathBuf),
+    #[error(
+        "delivery stopped unexpectedly ({detail}); {queued} record(s) were still queued and not delivered (a bug: please report it with the log)"
+    )]
+    DeliveryFailed { detail: String, queued: usize },
     #[error("unknown source `{id}` in {file}; configured sources: {known}")]
     UnknownSource {
         id: String,
@@ -91,6 +95,12 @@ impl Report {
     }
 }
 
+struct DeliveryTask {
+    /// Yields the failure, if delivery died.
+    supervisor: tokio::task::JoinHandle<Option<String>>,
+    failed: CancellationToken,
+}
+
 pub struct StreamManager {
     config: Config,
     sink: Arc<dyn Sink>,
@@ -100,11 +110,16 @@ pub struct StreamManager {
 }
 
 impl StreamManager {
-    /// Opens the sink; fails fast when it is unusable.
+    /// Opens the configured sink; fails fast when it is unusable.
     pub fn new(config: Config) -> Result<Self, ManagerError> {
         let sink = sinks::build(&config)?;
         info!(sink = sink.name(), "sink ready");
-        Ok(StreamManager {
+        Ok(Self::with_sink(config, sink))
+    }
+
+    /// A manager delivering into an already opened sink.
+    pub fn with_sink(config: Config, sink: Arc<dyn Sink>) -> Self {
+        StreamManager {
             queue: Arc::new(Queue::new(
                 config.queue.max_records,
                 config.queue.critical_reserve,
@@ -113,7 +128,7 @@ impl StreamManager {
             stats: Arc::new(Stats::default()),
             sink,
             config,
-        })
+        }
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -138,11 +153,9 @@ impl StreamManager {
         }
     }
 
-    fn start_delivery(
-        &self,
-        router: Router,
-        deadline: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
+    /// Starts delivery under a supervisor: if delivery dies, the queue closes (so no source
+    /// waits forever for room) and `failed` fires.
+    fn start_delivery(&self, router: Router, deadline: CancellationToken) -> DeliveryTask {
         let delivery = Delivery {
             queue: self.queue.clone(),
             router: Arc::new(router),
@@ -150,11 +163,27 @@ impl StreamManager {
             stats: self.stats.clone(),
             dedupe: self.dedupe.clone(),
         };
-        tokio::spawn(delivery.run(deadline))
+        let failed = CancellationToken::new();
+        let worker = tokio::spawn(delivery.run(deadline));
+        let queue = self.queue.clone();
+        let on_failure = failed.clone();
+        let supervisor = tokio::spawn(async move {
+            let error = worker.await.err()?;
+            let detail = error.to_string();
+            tracing::error!(error = %detail, "delivery stopped unexpectedly; stopping intake");
+            queue.close();
+            on_failure.cancel();
+            Some(detail)
+        });
+        DeliveryTask { supervisor, failed }
     }
 
     /// Closes the queue, lets delivery drain it within `shutdown_timeout`, closes the sink.
-    async fn finish(&self, delivery: tokio::task::JoinHandle<()>, deadline: CancellationToken) {
+    async fn finish(
+        &self,
+        delivery: DeliveryTask,
+        deadline: CancellationToken,
+    ) -> Result<(), ManagerError> {
         self.queue.close();
         let timeout: Duration = self.config.delivery.shutdown_timeout.0;
         let timer = {
@@ -164,12 +193,23 @@ impl StreamManager {
                 deadline.cancel();
             })
         };
-        if let Err(e) = delivery.await {
-            warn!(error = %e, "delivery task ended abnormally");
-        }
+        let failure = delivery
+            .supervisor
+            .await
+            .unwrap_or_else(|e| Some(e.to_string()));
         timer.abort();
         if let Err(e) = self.sink.close().await {
             warn!(error = %e, "sink did not close cleanly");
+        }
+        match failure {
+            None => Ok(()),
+            Some(detail) => {
+                let left = self.queue.drain();
+                Err(ManagerError::DeliveryFailed {
+                    detail,
+                    queued: left.records.len() + left.dead_letters.len(),
+                })
+            }
         }
     }
 
@@ -181,16 +221,21 @@ impl StreamManager {
         let started = Instant::now();
         let deadline = CancellationToken::new();
         let delivery = self.start_delivery(Router::new(&self.config), deadline.clone());
+        let stop = CancellationToken::new();
         let mut streams = JoinSet::new();
         for (id, source) in &self.config.sources {
             let stream = self.stream(id, source, Mode::of(source), source.paths.clone());
-            streams.spawn(stream.run(shutdown.child_token()));
+            streams.spawn(stream.run(stop.child_token()));
         }
         info!(
             streams = self.config.sources.len(),
             "running; stop with Ctrl-C or SIGTERM"
         );
-        shutdown.cancelled().await;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = delivery.failed.cancelled() => {}
+        }
+        stop.cancel();
         info!("shutting down: stopping sources");
         while let Some(result) = streams.join_next().await {
             if let Err(e) = result {
@@ -198,7 +243,7 @@ impl StreamManager {
             }
         }
         info!(queued = ?self.queue.depth(), "sources stopped; draining the queue");
-        self.finish(delivery, deadline).await;
+        self.finish(delivery, deadline).await?;
         let report = Report::collect(&self.stats, started);
         info!(
             delivered = report.topics.values().map(|t| t.delivered).sum::<u64>(),
@@ -259,7 +304,7 @@ impl StreamManager {
                 break;
             }
         }
-        self.finish(delivery, deadline).await;
+        self.finish(delivery, deadline).await?;
         Ok(Report::collect(&self.stats, started))
     }
 }

@@ -100,9 +100,12 @@ impl Stream {
                 path: path.clone(),
             };
             let span = tracing::Span::current();
-            let result = tokio::task::spawn_blocking(move || span.in_scope(|| job.run()))
-                .await
-                .expect("file parsing task panicked");
+            let result =
+                match tokio::task::spawn_blocking(move || span.in_scope(|| job.run())).await {
+                    Ok(result) => result,
+                    // A parser bug must not take the stream down: the file is dead-lettered.
+                    Err(e) => self.parser_panicked(&path, e).await,
+                };
             match result {
                 FileResult::Done { rows } => {
                     debug!(file = %path.display(), rows, "file read");
@@ -139,6 +142,38 @@ impl Stream {
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         outcome
+    }
+}
+
+impl Stream {
+    async fn parser_panicked(&self, path: &Path, e: tokio::task::JoinError) -> FileResult {
+        let detail = match e.try_into_panic() {
+            Ok(payload) => payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned()),
+            Err(e) => e.to_string(),
+        };
+        error!(file = %path.display(), panic = %detail, "parser failed on this file (a bug: please report it with the file); the file goes to the DLQ");
+        self.stats
+            .stream(&self.id)
+            .payload_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.add_dead_letter(Stage::Parse);
+        let dead = DeadLetter::raw(
+            Stage::Parse,
+            "parser_panic",
+            format!("{}: parser failed: {detail}", display(path)),
+            self.id.clone(),
+            String::new(),
+        );
+        if self.queue.push_dead(dead).await.is_err() {
+            self.stats
+                .dlq_write_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        FileResult::Rejected
     }
 }
 

@@ -244,7 +244,7 @@ fn usage_and_config_errors_exit_2_with_a_message() {
     );
 
     let out = firestream(dir.path(), &["run", "-c", cfg]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("no sources configured"),
         "{}",

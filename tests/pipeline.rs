@@ -280,3 +280,98 @@ sources:
         1_372
     );
 }
+
+/// A sink whose writer crashes: stands in for a bug in a sink, to check the pipeline's
+/// reaction, not a product component.
+struct CrashingSink;
+
+#[async_trait::async_trait]
+impl firestream::sinks::Sink for CrashingSink {
+    fn name(&self) -> &'static str {
+        "crashing"
+    }
+    async fn send(&self, _: Vec<firestream::sinks::Message>) -> Vec<firestream::sinks::Outcome> {
+        panic!("writer crashed");
+    }
+    async fn close(&self) -> Result<(), firestream::sinks::SinkError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_delivery_task_ends_the_ingest_with_an_error_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(dir.path(), "queue: {max_records: 10, critical_reserve: 1}");
+    let manager = StreamManager::with_sink(config, std::sync::Arc::new(CrashingSink));
+    // Liveness bound only: without the supervisor this waits forever on a full queue.
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        manager.ingest(
+            IngestTarget::SourceType(SourceType::NasaFirms),
+            vec![real(M6)],
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("ingest must not hang when delivery dies");
+    let err = result.expect_err("ingest reports the failure");
+    let text = err.to_string();
+    assert!(text.starts_with("delivery stopped unexpectedly"), "{text}");
+    assert!(text.contains("writer crashed"), "{text}");
+}
+
+/// A parser that crashes on every payload: stands in for a parser bug.
+struct CrashingParser;
+
+impl firestream::sources::Parser for CrashingParser {
+    fn parse(
+        &self,
+        _: &mut dyn std::io::BufRead,
+        _: &mut dyn FnMut(firestream::sources::Row) -> bool,
+    ) -> Result<(), firestream::sources::PayloadError> {
+        panic!("parser bug on this input");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parser_panic_dead_letters_the_file_and_the_stream_carries_on() {
+    use firestream::queue::Queue;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("x.csv");
+    std::fs::write(&file, "anything").unwrap();
+    let queue = Arc::new(Queue::new(10, 1));
+    let stats = Arc::new(firestream::stats::Stats::default());
+    let mut stream = firestream::stream::Stream {
+        id: Arc::from("s"),
+        source_type: SourceType::NasaFirms,
+        mode: firestream::mode::Mode::Once,
+        transport: firestream::transport::file::FileTransport::new(vec![
+            file.to_string_lossy().into_owned(),
+        ]),
+        parser: Arc::new(CrashingParser),
+        priority: firestream::mode::PriorityPolicy {
+            source_override: None,
+            bulk: true,
+        },
+        dedupe: Arc::new(firestream::dedupe::Dedupe::new(Duration::from_secs(60))),
+        queue: queue.clone(),
+        stats: stats.clone(),
+    };
+    let outcome = stream.poll_once(&CancellationToken::new()).await;
+    assert_eq!((outcome.files, outcome.failed_files), (1, 1));
+    let batch = queue.pop_batch(10).await.unwrap();
+    assert_eq!(batch.dead_letters.len(), 1);
+    let dead = &batch.dead_letters[0];
+    assert_eq!(dead.error_kind, "parser_panic");
+    assert!(
+        dead.reason.contains("parser bug on this input"),
+        "{}",
+        dead.reason
+    );
+    assert_eq!(stats.stream("s").snapshot().payload_errors, 1);
+    // Dead-lettered once, not on every poll until the file changes.
+    let again = stream.poll_once(&CancellationToken::new()).await;
+    assert_eq!(again.files, 0);
+}

@@ -142,7 +142,7 @@ impl Parser for FirmsParser {
                         Err(reason) => Row::Invalid(Invalid {
                             position: format!("line {line}"),
                             reason,
-                            raw: row.iter().collect::<Vec<_>>().join(","),
+                            raw: csv_line(&row),
                         }),
                     };
                     if !out(parsed) {
@@ -289,6 +289,18 @@ impl FirmsParser {
             }),
         })
     }
+}
+
+/// A row as CSV text again, quoted where needed, for the DLQ.
+fn csv_line(row: &csv::StringRecord) -> String {
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    let _ = writer.write_record(row);
+    let bytes = writer.into_inner().unwrap_or_default();
+    String::from_utf8_lossy(&bytes)
+        .trim_end_matches('\n')
+        .to_owned()
 }
 
 fn required_number(text: Option<&str>, name: &str) -> Result<f64, String> {
@@ -598,6 +610,17 @@ mod tests {
                 Some(Row::Invalid(inv)) => assert_eq!(inv.reason, reason, "row {row}"),
                 other => panic!("{row}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn dlq_raw_row_keeps_csv_quoting() {
+        let bad = M6_ROW
+            .replacen("-9.774", "", 1)
+            .replace("6.0NRT", "\"6.0,NRT\"");
+        match parse(&format!("{M6_HEADER}\n{bad}\n")).unwrap().pop() {
+            Some(Row::Invalid(inv)) => assert_eq!(inv.raw, bad),
+            other => panic!("{other:?}"),
         }
     }
 
