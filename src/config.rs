@@ -66,8 +66,11 @@ pub struct Config {
 pub struct SinkConfig {
     #[serde(rename = "type", default)]
     pub kind: SinkKind,
+    /// The local log: the sink itself with `type: log`, the DLQ fallback with `type: kafka`.
     #[serde(default)]
     pub log: LogSinkConfig,
+    /// Required with `type: kafka`.
+    pub kafka: Option<KafkaSinkConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -76,6 +79,93 @@ pub enum SinkKind {
     /// The embedded local log (DESIGN §7).
     #[default]
     Log,
+    /// Apache Kafka through librdkafka.
+    Kafka,
+}
+
+impl fmt::Display for SinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SinkKind::Log => "log",
+            SinkKind::Kafka => "kafka",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// `host:port[,host:port…]` of the brokers to bootstrap from.
+    pub bootstrap_servers: String,
+    /// librdkafka properties, passed through as given (they win over firestream's defaults).
+    #[serde(default)]
+    pub properties: KafkaProperties,
+    /// How long start-up waits for a broker before reporting that none is reachable.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+/// librdkafka properties. Values may be written as strings, numbers or booleans; they are
+/// handed to librdkafka as text. Debug output hides the values of secret properties.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl KafkaProperties {
+    /// Whether a property holds a secret (passwords, keys, tokens): never printed.
+    pub fn is_secret(name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        ["password", "secret", "jaas", "token", "credential"]
+            .iter()
+            .any(|s| name.contains(s))
+            || name.ends_with("key.pem")
+            || name == "ssl_key"
+            || name == "sasl.oauthbearer.config"
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (name, value) in &self.0 {
+            if KafkaProperties::is_secret(name) {
+                map.entry(name, &"<redacted>");
+            } else {
+                map.entry(name, value);
+            }
+        }
+        map.finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for KafkaProperties {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            Text(String),
+            Int(i64),
+            Float(f64),
+            Bool(bool),
+        }
+        let raw = BTreeMap::<String, Scalar>::deserialize(deserializer)?;
+        Ok(KafkaProperties(
+            raw.into_iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        Scalar::Text(s) => s,
+                        Scalar::Int(n) => n.to_string(),
+                        Scalar::Float(x) => x.to_string(),
+                        Scalar::Bool(b) => b.to_string(),
+                    };
+                    (k, text)
+                })
+                .collect(),
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,12 +393,47 @@ pub struct RouteMapping {
 pub struct TopicConfig {
     #[serde(default = "default_partitions")]
     pub partitions: u32,
+    /// Kafka: replicas per partition when firestream creates the topic (default: the
+    /// broker's `default.replication.factor`).
+    pub replication: Option<u16>,
+    /// Kafka: the topic's `retention.ms` when created (default: the broker's).
+    pub retention: Option<Dur>,
+    /// Kafka: the codec firestream's producer uses for this topic, also set as the topic's
+    /// `compression.type` when created.
+    pub compression: Option<Compression>,
 }
 
 impl Default for TopicConfig {
     fn default() -> Self {
         TopicConfig {
             partitions: default_partitions(),
+            replication: None,
+            retention: None,
+            compression: None,
+        }
+    }
+}
+
+/// A Kafka compression codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// The name librdkafka and Kafka's topic config use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
         }
     }
 }
@@ -481,7 +606,20 @@ impl Config {
             if topic.partitions == 0 {
                 problems.push(format!("topics.{name}.partitions: must be at least 1"));
             }
+            if topic.partitions > i32::MAX as u32 {
+                problems.push(format!(
+                    "topics.{name}.partitions: {} is more than Kafka allows",
+                    topic.partitions
+                ));
+            }
+            if topic.replication == Some(0) {
+                problems.push(format!("topics.{name}.replication: must be at least 1 (leave it out for the broker's default)"));
+            }
+            if topic.retention.is_some_and(|d| d.0.as_millis() == 0) {
+                problems.push(format!("topics.{name}.retention: must be longer than 0s (leave it out for the broker's default)"));
+            }
         }
+        self.check_sink(&mut problems);
         if self.queue.max_records == 0 {
             problems.push("queue.max_records: must be at least 1".to_owned());
         }
@@ -508,6 +646,42 @@ impl Config {
                 problems,
             })
         }
+    }
+
+    fn check_sink(&self, problems: &mut Vec<String>) {
+        let Some(kafka) = &self.sink.kafka else {
+            if self.sink.kind == SinkKind::Kafka {
+                problems.push(
+                    "sink.kafka: `type: kafka` needs the brokers, e.g. `kafka: {bootstrap_servers: \"localhost:9092\"}`"
+                        .to_owned(),
+                );
+            }
+            return;
+        };
+        let servers: Vec<&str> = kafka
+            .bootstrap_servers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            problems.push("sink.kafka.bootstrap_servers: is empty; list the brokers as `host:port[,host:port…]`".to_owned());
+        }
+        for server in servers {
+            let address = server.rsplit_once("://").map_or(server, |(_, a)| a);
+            let port_ok = address.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok {
+                problems.push(format!(
+                    "sink.kafka.bootstrap_servers: {server:?} is not `host:port`"
+                ));
+            }
+        }
+        if kafka.connect_timeout.0.is_zero() {
+            problems.push("sink.kafka.connect_timeout: must be longer than 0s".to_owned());
+        }
+        problems.extend(crate::sinks::kafka::check_properties(&kafka.properties));
     }
 
     /// Partitions of a topic: from `topics:`, else the default.

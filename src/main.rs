@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use firestream::config::{Config, ConfigError, LogFormat};
+use firestream::config::{Config, ConfigError, LogFormat, SinkKind};
 use firestream::manager::{
     IngestTarget, ManagerError, Report, StreamManager, dead_letters_by_stage,
 };
@@ -115,12 +115,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { config } => {
             let loaded = load(&config.config)?;
+            let sink = match &loaded.sink.kafka {
+                Some(kafka) if loaded.sink.kind == SinkKind::Kafka => {
+                    format!("kafka at {}", kafka.bootstrap_servers)
+                }
+                _ => format!("log at {}", loaded.sink.log.dir.display()),
+            };
             println!(
-                "{}: ok ({} source(s), sink {:?} at {})",
+                "{}: ok ({} source(s), sink {sink})",
                 config.config.display(),
                 loaded.sources.len(),
-                loaded.sink.kind,
-                loaded.sink.log.dir.display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -128,7 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load(&config.config)?;
             init_logging(&config);
             runtime()?.block_on(async {
-                let manager = StreamManager::new(config)?;
+                let manager = StreamManager::new(config).await?;
                 let shutdown = shutdown_on_signals();
                 manager.run(shutdown).await.map_err(|e| match e {
                     ManagerError::NoSources(_) => anyhow::Error::new(UsageError(e.to_string())),
@@ -158,7 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let files = paths.len();
             runtime()?.block_on(async {
-                let manager = StreamManager::new(config)?;
+                let manager = StreamManager::new(config).await?;
                 let report = manager
                     .ingest(target, paths, shutdown_on_signals())
                     .await
@@ -294,6 +298,16 @@ fn print_summary(label: &str, files: usize, report: &Report) {
         "ingest {label}: {files} file(s) in {:.2} s ({rate:.0} rows/s)",
         report.elapsed_s
     );
+    let ready = if report.sink.ready {
+        "ready"
+    } else {
+        "NOT READY"
+    };
+    let _ = writeln!(
+        out,
+        "  sink             {} ({ready}: {})",
+        report.sink.name, report.sink.detail
+    );
     let _ = writeln!(out, "  rows read        {:>10}", t.rows);
     let _ = writeln!(out, "  records emitted  {:>10}", t.records);
     let _ = writeln!(out, "  duplicates       {:>10}", t.duplicates);
@@ -318,6 +332,13 @@ fn print_summary(label: &str, files: usize, report: &Report) {
         .collect();
     if !dlq.is_empty() {
         let _ = writeln!(out, "  DLQ by stage: {}", dlq.join(", "));
+    }
+    if report.dlq_fallback > 0 {
+        let _ = writeln!(
+            out,
+            "  DLQ fallback: {} dead letter(s) the sink refused are in the local log's firestream-dlq",
+            report.dlq_fallback
+        );
     }
     if report.lost > 0 {
         let _ = writeln!(

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::config::SinkKind;
 use crate::config::{Config, SourceConfig};
 use crate::dedupe::DedupeRegistry;
 use crate::delivery::Delivery;
@@ -17,7 +18,7 @@ use crate::dlq::Stage;
 use crate::mode::{Mode, PriorityPolicy};
 use crate::queue::Queue;
 use crate::router::Router;
-use crate::sinks::{self, Sink, SinkError};
+use crate::sinks::{self, Readiness, Sink, SinkError};
 use crate::sources::{self, SourceType};
 use crate::stats::{Stats, StreamSnapshot, TopicCounts};
 use crate::stream::Stream;
@@ -33,6 +34,8 @@ pub enum ManagerError {
         "delivery stopped unexpectedly ({detail}); {queued} record(s) were still queued and not delivered (a bug: please report it with the log)"
     )]
     DeliveryFailed { detail: String, queued: usize },
+    #[error("the {sink} sink cannot deliver: {detail}; nothing was ingested")]
+    SinkNotReady { sink: &'static str, detail: String },
     #[error("unknown source `{id}` in {file}; configured sources: {known}")]
     UnknownSource {
         id: String,
@@ -58,11 +61,23 @@ pub struct Report {
     pub dead_letters: BTreeMap<String, u64>,
     /// Dead letters the sink could not store (also logged with their content).
     pub lost: u64,
+    /// Dead letters the sink refused that went to the local log's DLQ instead.
+    pub dlq_fallback: u64,
+    /// The sink and whether it could deliver when the run started.
+    pub sink: SinkStatus,
     pub elapsed_s: f64,
 }
 
+/// Which sink a run used and its readiness at the start.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SinkStatus {
+    pub name: &'static str,
+    pub ready: bool,
+    pub detail: String,
+}
+
 impl Report {
-    fn collect(stats: &Stats, started: Instant) -> Self {
+    fn collect(stats: &Stats, sink: SinkStatus, started: Instant) -> Self {
         Report {
             streams: stats.streams(),
             topics: stats.topics(),
@@ -74,6 +89,10 @@ impl Report {
             lost: stats
                 .dlq_write_failures
                 .load(std::sync::atomic::Ordering::Relaxed),
+            dlq_fallback: stats
+                .dlq_fallback
+                .load(std::sync::atomic::Ordering::Relaxed),
+            sink,
             elapsed_s: started.elapsed().as_secs_f64(),
         }
     }
@@ -104,22 +123,36 @@ struct DeliveryTask {
 pub struct StreamManager {
     config: Config,
     sink: Arc<dyn Sink>,
+    dlq_fallback: Option<Arc<dyn Sink>>,
+    /// Readiness when the sink was opened.
+    started_with: Readiness,
     queue: Arc<Queue>,
     dedupe: Arc<DedupeRegistry>,
     stats: Arc<Stats>,
 }
 
 impl StreamManager {
-    /// Opens the configured sink; fails fast when it is unusable.
-    pub fn new(config: Config) -> Result<Self, ManagerError> {
-        let sink = sinks::build(&config)?;
-        info!(sink = sink.name(), "sink ready");
-        Ok(Self::with_sink(config, sink))
+    /// Opens the configured sink; fails fast when it is unusable (an unreachable Kafka
+    /// cluster is reported, not fatal: see [`StreamManager::ingest`]).
+    pub async fn new(config: Config) -> Result<Self, ManagerError> {
+        let sinks = sinks::build(&config).await?;
+        let readiness = sinks.main.readiness();
+        if readiness.ready {
+            info!(sink = sinks.main.name(), detail = %readiness.detail, "sink ready");
+        } else {
+            warn!(sink = sinks.main.name(), detail = %readiness.detail, "sink not ready");
+        }
+        warn_about_unused_settings(&config);
+        let mut manager = Self::with_sink(config, sinks.main);
+        manager.dlq_fallback = sinks.dlq_fallback;
+        Ok(manager)
     }
 
     /// A manager delivering into an already opened sink.
     pub fn with_sink(config: Config, sink: Arc<dyn Sink>) -> Self {
         StreamManager {
+            started_with: sink.readiness(),
+            dlq_fallback: None,
             queue: Arc::new(Queue::new(
                 config.queue.max_records,
                 config.queue.critical_reserve,
@@ -160,6 +193,7 @@ impl StreamManager {
             queue: self.queue.clone(),
             router: Arc::new(router),
             sink: self.sink.clone(),
+            dlq_fallback: self.dlq_fallback.clone(),
             stats: self.stats.clone(),
             dedupe: self.dedupe.clone(),
         };
@@ -200,6 +234,11 @@ impl StreamManager {
         timer.abort();
         if let Err(e) = self.sink.close().await {
             warn!(error = %e, "sink did not close cleanly");
+        }
+        if let Some(fallback) = &self.dlq_fallback
+            && let Err(e) = fallback.close().await
+        {
+            warn!(error = %e, "the DLQ fallback did not close cleanly");
         }
         match failure {
             None => Ok(()),
@@ -244,7 +283,7 @@ impl StreamManager {
         }
         info!(queued = ?self.queue.depth(), "sources stopped; draining the queue");
         self.finish(delivery, deadline).await?;
-        let report = Report::collect(&self.stats, started);
+        let report = Report::collect(&self.stats, self.sink_status(), started);
         info!(
             delivered = report.topics.values().map(|t| t.delivered).sum::<u64>(),
             dead_letters = report.dead_letters.values().sum::<u64>(),
@@ -253,8 +292,18 @@ impl StreamManager {
         Ok(report)
     }
 
+    fn sink_status(&self) -> SinkStatus {
+        SinkStatus {
+            name: self.sink.name(),
+            ready: self.started_with.ready,
+            detail: self.started_with.detail.clone(),
+        }
+    }
+
     /// One-shot backfill: parses `paths` through the whole pipeline and returns when every
-    /// record is delivered, deduplicated or in the DLQ. `shutdown` interrupts it.
+    /// record is delivered, deduplicated or in the DLQ. `shutdown` interrupts it. A sink that
+    /// cannot deliver at the start (no Kafka broker reachable) fails it before any file is
+    /// read, instead of parking every record until librdkafka's message timeout.
     pub async fn ingest(
         self,
         target: IngestTarget,
@@ -262,6 +311,13 @@ impl StreamManager {
         shutdown: CancellationToken,
     ) -> Result<Report, ManagerError> {
         let started = Instant::now();
+        if !self.started_with.ready {
+            let _ = self.sink.close().await;
+            return Err(ManagerError::SinkNotReady {
+                sink: self.sink.name(),
+                detail: self.started_with.detail.clone(),
+            });
+        }
         let mut router = Router::new(&self.config);
         let (id, source) = match target {
             IngestTarget::SourceType(t) => {
@@ -305,7 +361,7 @@ impl StreamManager {
             }
         }
         self.finish(delivery, deadline).await?;
-        Ok(Report::collect(&self.stats, started))
+        Ok(Report::collect(&self.stats, self.sink_status(), started))
     }
 }
 
@@ -320,4 +376,19 @@ pub fn dead_letters_by_stage(report: &Report) -> Vec<(&'static str, u64)> {
             )
         })
         .collect()
+}
+
+/// Settings the configured sink does not use, said once at start rather than ignored.
+fn warn_about_unused_settings(config: &Config) {
+    if config.sink.kind != SinkKind::Log {
+        return;
+    }
+    for (name, topic) in &config.topics {
+        if topic.replication.is_some() || topic.retention.is_some() || topic.compression.is_some() {
+            warn!(
+                topic = %name,
+                "topics.{name}: replication, retention and compression apply to Kafka topics; the local log in this build keeps every record uncompressed"
+            );
+        }
+    }
 }

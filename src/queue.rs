@@ -1,12 +1,13 @@
 //! The bounded priority queue between sources and delivery (DESIGN §2, §5).
 //!
 //! Sources only enqueue; delivery only dequeues, so a slow sink never stalls a poll's timing
-//! and a slow API never stalls delivery. Lanes are drained in strict priority order
-//! (critical > high > normal > low). The high, normal and low lanes share `max_records`;
+//! and a slow API never stalls delivery. The critical lane has its own consumer, so a
+//! critical record never waits behind a bulk batch being written; the bulk consumer drains
+//! high > normal > low in strict order. The high, normal and low lanes share `max_records`;
 //! critical records also have `critical_reserve` slots of their own, so they never wait for
 //! bulk space and never evict anything. When full, a push waits (`overflow: block`): nothing
-//! is lost. Dead letters travel in their own lane so they reach the sink's DLQ topic through
-//! the same single writer.
+//! is lost. Dead letters travel in their own lane, drained with the bulk lanes, so they reach
+//! the sink's DLQ topic through the same writer.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -33,6 +34,15 @@ impl Batch {
     }
 }
 
+/// Which lanes a consumer drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lanes {
+    /// The critical lane alone.
+    Critical,
+    /// High, normal and low, in that order, plus the dead letters.
+    Bulk,
+}
+
 /// Records waiting, per priority lane, and dead letters waiting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Depth {
@@ -47,8 +57,10 @@ pub struct Queue {
     state: Mutex<State>,
     /// Signalled when room appears.
     space: Notify,
-    /// Signalled when an item arrives or the queue closes.
-    ready: Notify,
+    /// Signalled when a critical record arrives or the queue closes.
+    ready_critical: Notify,
+    /// Signalled when a bulk record or dead letter arrives or the queue closes.
+    ready_bulk: Notify,
 }
 
 #[derive(Default)]
@@ -63,8 +75,11 @@ impl State {
         self.lanes[1..].iter().map(VecDeque::len).sum()
     }
 
-    fn is_empty(&self) -> bool {
-        self.dead.is_empty() && self.lanes.iter().all(VecDeque::is_empty)
+    fn has(&self, lanes: Lanes) -> bool {
+        match lanes {
+            Lanes::Critical => !self.lanes[Priority::Critical.lane()].is_empty(),
+            Lanes::Bulk => !self.dead.is_empty() || self.bulk_len() > 0,
+        }
     }
 }
 
@@ -76,7 +91,8 @@ impl Queue {
             dead_capacity: (max_records / 10).max(1_000),
             state: Mutex::new(State::default()),
             space: Notify::new(),
-            ready: Notify::new(),
+            ready_critical: Notify::new(),
+            ready_bulk: Notify::new(),
         }
     }
 
@@ -95,8 +111,14 @@ impl Queue {
 
     /// Enqueues a record, waiting while its lane is full.
     pub async fn push(&self, record: Record) -> Result<(), Closed<Record>> {
+        let lanes = if record.priority == Priority::Critical {
+            Lanes::Critical
+        } else {
+            Lanes::Bulk
+        };
         self.put(
             record,
+            lanes,
             |queue, state, record| queue.admits(state, record.priority),
             |state, record| state.lanes[record.priority.lane()].push_back(record),
         )
@@ -107,6 +129,7 @@ impl Queue {
     pub async fn push_dead(&self, dead: DeadLetter) -> Result<(), Closed<DeadLetter>> {
         self.put(
             dead,
+            Lanes::Bulk,
             |queue, state, _| state.dead.len() < queue.dead_capacity,
             |state, dead| state.dead.push_back(dead),
         )
@@ -118,6 +141,7 @@ impl Queue {
     async fn put<T>(
         &self,
         item: T,
+        lanes: Lanes,
         fits: impl Fn(&Queue, &State, &T) -> bool,
         insert: impl FnOnce(&mut State, T),
     ) -> Result<(), Closed<T>> {
@@ -134,7 +158,7 @@ impl Queue {
                 if fits(self, &state, &item) {
                     insert(&mut state, item);
                     drop(state);
-                    self.ready.notify_one();
+                    self.ready(lanes).notify_one();
                     return Ok(());
                 }
             }
@@ -142,17 +166,25 @@ impl Queue {
         }
     }
 
-    /// Dequeues up to `max` records (most urgent first) plus the waiting dead letters; waits
-    /// while empty. `None` once the queue is closed and empty.
-    pub async fn pop_batch(&self, max: usize) -> Option<Batch> {
+    fn ready(&self, lanes: Lanes) -> &Notify {
+        match lanes {
+            Lanes::Critical => &self.ready_critical,
+            Lanes::Bulk => &self.ready_bulk,
+        }
+    }
+
+    /// Dequeues up to `max` records of `lanes` (most urgent first), plus the waiting dead
+    /// letters for the bulk consumer; waits while those lanes are empty. `None` once the
+    /// queue is closed and they are empty.
+    pub async fn pop(&self, lanes: Lanes, max: usize) -> Option<Batch> {
         loop {
-            let notified = self.ready.notified();
+            let notified = self.ready(lanes).notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let mut state = self.state.lock().expect("queue lock");
-                if !state.is_empty() {
-                    let batch = Self::take(&mut state, max);
+                if state.has(lanes) {
+                    let batch = Self::take(&mut state, Some(lanes), max);
                     drop(state);
                     self.space.notify_waiters();
                     return Some(batch);
@@ -165,12 +197,23 @@ impl Queue {
         }
     }
 
-    fn take(state: &mut State, max: usize) -> Batch {
-        let mut batch = Batch {
-            records: Vec::with_capacity(max.min(state.lanes.iter().map(VecDeque::len).sum())),
-            dead_letters: state.dead.drain(..).collect(),
+    /// Takes up to `max` records of `lanes` (`None`: every lane) in priority order.
+    fn take(state: &mut State, lanes: Option<Lanes>, max: usize) -> Batch {
+        let range = match lanes {
+            Some(Lanes::Critical) => 0..1,
+            Some(Lanes::Bulk) => 1..4,
+            None => 0..4,
         };
-        for lane in &mut state.lanes {
+        let dead_letters = match lanes {
+            Some(Lanes::Critical) => Vec::new(),
+            _ => state.dead.drain(..).collect(),
+        };
+        let waiting: usize = state.lanes[range.clone()].iter().map(VecDeque::len).sum();
+        let mut batch = Batch {
+            records: Vec::with_capacity(max.min(waiting)),
+            dead_letters,
+        };
+        for lane in &mut state.lanes[range] {
             let n = (max - batch.records.len()).min(lane.len());
             batch.records.extend(lane.drain(..n));
             if batch.records.len() == max {
@@ -183,15 +226,17 @@ impl Queue {
     /// Refuses new items and wakes everyone; queued items can still be dequeued.
     pub fn close(&self) {
         self.state.lock().expect("queue lock").closed = true;
-        self.ready.notify_waiters();
-        self.ready.notify_one();
+        for ready in [&self.ready_critical, &self.ready_bulk] {
+            ready.notify_waiters();
+            ready.notify_one();
+        }
         self.space.notify_waiters();
     }
 
     /// Everything still queued, for the shutdown report.
     pub fn drain(&self) -> Batch {
         let mut state = self.state.lock().expect("queue lock");
-        let batch = Self::take(&mut state, usize::MAX);
+        let batch = Self::take(&mut state, None, usize::MAX);
         drop(state);
         self.space.notify_waiters();
         batch
@@ -268,18 +313,65 @@ mod tests {
         q.push(record(3, Priority::Critical)).await.unwrap();
         q.push(record(4, Priority::Normal)).await.unwrap();
         q.push(record(5, Priority::High)).await.unwrap();
-        let batch = q.pop_batch(10).await.unwrap();
-        let order: Vec<_> = batch.records.iter().map(alert_id).collect();
-        assert_eq!(order, ["3", "5", "2", "4", "1"]);
+        q.push(record(6, Priority::Critical)).await.unwrap();
+        let bulk = q.pop(Lanes::Bulk, 10).await.unwrap();
+        let order: Vec<_> = bulk.records.iter().map(alert_id).collect();
+        assert_eq!(order, ["5", "2", "4", "1"]);
+        let critical = q.pop(Lanes::Critical, 10).await.unwrap();
+        let order: Vec<_> = critical.records.iter().map(alert_id).collect();
+        assert_eq!(order, ["3", "6"]);
     }
 
     #[tokio::test]
-    async fn pop_batch_respects_max() {
+    async fn dead_letters_go_to_the_bulk_consumer_only() {
+        let q = Arc::new(Queue::new(10, 2));
+        let dead = DeadLetter::raw(
+            crate::dlq::Stage::Validate,
+            "invalid_row",
+            "x",
+            Arc::from("s"),
+            String::new(),
+        );
+        q.push_dead(dead).await.unwrap();
+        q.push(record(1, Priority::Critical)).await.unwrap();
+        let critical = q.pop(Lanes::Critical, 10).await.unwrap();
+        assert_eq!(critical.records.len(), 1);
+        assert!(critical.dead_letters.is_empty());
+        let bulk = q.pop(Lanes::Bulk, 10).await.unwrap();
+        assert!(bulk.records.is_empty());
+        assert_eq!(bulk.dead_letters.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_critical_record_wakes_the_critical_consumer_not_the_bulk_one() {
+        let q = Arc::new(Queue::new(10, 2));
+        let bulk = {
+            let q = q.clone();
+            tokio::spawn(async move { q.pop(Lanes::Bulk, 10).await.map(|b| b.records.len()) })
+        };
+        let critical = {
+            let q = q.clone();
+            tokio::spawn(async move { q.pop(Lanes::Critical, 10).await.map(|b| b.records.len()) })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.push(record(1, Priority::Critical)).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(1), critical)
+            .await
+            .expect("the critical consumer wakes")
+            .unwrap();
+        assert_eq!(got, Some(1));
+        assert!(!bulk.is_finished());
+        q.close();
+        assert_eq!(bulk.await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn pop_respects_max() {
         let q = Queue::new(10, 2);
         for n in 0..5 {
             q.push(record(n, Priority::Normal)).await.unwrap();
         }
-        assert_eq!(q.pop_batch(3).await.unwrap().records.len(), 3);
+        assert_eq!(q.pop(Lanes::Bulk, 3).await.unwrap().records.len(), 3);
         assert_eq!(q.depth().by_priority, [0, 0, 2, 0]);
     }
 
@@ -305,17 +397,21 @@ mod tests {
         .unwrap();
         assert_eq!(q.depth().by_priority, [1, 0, 0, 2]);
         // Draining makes room and the waiting push completes; nothing was dropped.
-        let first = q.pop_batch(2).await.unwrap();
+        let first = q.pop(Lanes::Critical, 2).await.unwrap();
         assert_eq!(alert_id(&first.records[0]), "9");
+        assert_eq!(first.records.len(), 1);
+        let second = q.pop(Lanes::Bulk, 1).await.unwrap();
+        assert_eq!(alert_id(&second.records[0]), "1");
         tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        let rest = q.pop_batch(10).await.unwrap();
+        let rest = q.pop(Lanes::Bulk, 10).await.unwrap();
         let ids: Vec<_> = first
             .records
             .iter()
+            .chain(&second.records)
             .chain(&rest.records)
             .map(alert_id)
             .collect();
@@ -336,8 +432,8 @@ mod tests {
             !bulk.is_finished(),
             "bulk must wait while critical holds its space"
         );
-        q.pop_batch(1).await.unwrap();
-        q.pop_batch(1).await.unwrap();
+        q.pop(Lanes::Critical, 1).await.unwrap();
+        q.pop(Lanes::Critical, 1).await.unwrap();
         tokio::time::timeout(Duration::from_secs(1), bulk)
             .await
             .unwrap()
@@ -351,8 +447,9 @@ mod tests {
         q.push(record(1, Priority::Normal)).await.unwrap();
         q.close();
         assert!(q.push(record(2, Priority::Normal)).await.is_err());
-        assert_eq!(q.pop_batch(10).await.unwrap().records.len(), 1);
-        assert!(q.pop_batch(10).await.is_none());
+        assert_eq!(q.pop(Lanes::Bulk, 10).await.unwrap().records.len(), 1);
+        assert!(q.pop(Lanes::Bulk, 10).await.is_none());
+        assert!(q.pop(Lanes::Critical, 10).await.is_none());
     }
 
     #[tokio::test]
@@ -360,14 +457,14 @@ mod tests {
         let q = Arc::new(Queue::new(10, 1));
         let consumer = {
             let q = q.clone();
-            tokio::spawn(async move { q.pop_batch(10).await.map(|b| b.records.len()) })
+            tokio::spawn(async move { q.pop(Lanes::Bulk, 10).await.map(|b| b.records.len()) })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         q.push(record(1, Priority::Low)).await.unwrap();
         assert_eq!(consumer.await.unwrap(), Some(1));
         let consumer = {
             let q = q.clone();
-            tokio::spawn(async move { q.pop_batch(10).await.is_none() })
+            tokio::spawn(async move { q.pop(Lanes::Bulk, 10).await.is_none() })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         q.close();

@@ -70,6 +70,8 @@ pub struct Stats {
     /// Dead letters the sink could not store either: the only way a record is lost, so it is
     /// counted and logged loudly.
     pub dlq_write_failures: AtomicU64,
+    /// Dead letters the sink refused that went to the local log's DLQ instead.
+    pub dlq_fallback: AtomicU64,
 }
 
 impl Stats {

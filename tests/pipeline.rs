@@ -134,6 +134,7 @@ routing:
 async fn unknown_source_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let err = StreamManager::new(common::config(dir.path(), ""))
+        .await
         .unwrap()
         .ingest(
             IngestTarget::Source("nope".into()),
@@ -214,7 +215,7 @@ sources:
         ),
     );
     let log = dir.path().join("log");
-    let manager = StreamManager::new(config).unwrap();
+    let manager = StreamManager::new(config).await.unwrap();
     let stats = manager.stats();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(manager.run(shutdown.clone()));
@@ -290,8 +291,14 @@ impl firestream::sinks::Sink for CrashingSink {
     fn name(&self) -> &'static str {
         "crashing"
     }
-    async fn send(&self, _: Vec<firestream::sinks::Message>) -> Vec<firestream::sinks::Outcome> {
+    async fn submit(&self, _: Vec<firestream::sinks::Message>) -> firestream::sinks::Pending {
         panic!("writer crashed");
+    }
+    fn readiness(&self) -> firestream::sinks::Readiness {
+        firestream::sinks::Readiness {
+            ready: true,
+            detail: "crashes on the first batch".into(),
+        }
     }
     async fn close(&self) -> Result<(), firestream::sinks::SinkError> {
         Ok(())
@@ -361,7 +368,7 @@ async fn a_parser_panic_dead_letters_the_file_and_the_stream_carries_on() {
     };
     let outcome = stream.poll_once(&CancellationToken::new()).await;
     assert_eq!((outcome.files, outcome.failed_files), (1, 1));
-    let batch = queue.pop_batch(10).await.unwrap();
+    let batch = queue.pop(firestream::queue::Lanes::Bulk, 10).await.unwrap();
     assert_eq!(batch.dead_letters.len(), 1);
     let dead = &batch.dead_letters[0];
     assert_eq!(dead.error_kind, "parser_panic");

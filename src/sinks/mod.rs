@@ -1,16 +1,19 @@
-//! Sinks: where routed messages go. `log` is the embedded default (DESIGN §7); `kafka` slots
-//! in behind the same trait.
+//! Sinks: where routed messages go. `log` is the embedded default (DESIGN §7); `kafka` is
+//! the production sink (librdkafka). Both sit behind one trait.
 //!
-//! A sink takes a batch and reports each message's outcome (its offset, or a classified
-//! error), so delivery can acknowledge, retry or dead-letter message by message. It never
-//! needs one await per record.
+//! A sink takes a batch and reports each message's outcome (its partition and offset, or a
+//! classified error), so delivery can acknowledge, retry or dead-letter message by message.
+//! It never needs one await per record, and backpressure lives in one place: `submit`
+//! returns only once the sink has room for the batch.
 
+pub mod kafka;
 pub mod log;
 pub mod partition;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 
 use crate::config::{Config, SinkKind};
 use crate::dlq::Stage;
@@ -78,24 +81,74 @@ impl SinkError {
             message: message.into(),
         }
     }
+
+    pub fn retriable(kind: &'static str, message: impl Into<String>) -> Self {
+        SinkError {
+            class: ErrorClass::Retriable,
+            kind,
+            message: message.into(),
+        }
+    }
 }
 
 pub type Outcome = (Message, Result<Delivered, SinkError>);
+
+/// The outcomes of a submitted batch, in the order given, once the sink knows them.
+pub type Pending = BoxFuture<'static, Vec<Outcome>>;
+
+/// Whether a sink can deliver now, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// What the sink is connected to, or what is wrong.
+    pub detail: String,
+}
+
+/// The `kind` of a message given back unsent because the shutdown deadline passed.
+pub const SHUTDOWN_KIND: &str = "shutdown_timeout";
 
 #[async_trait]
 pub trait Sink: Send + Sync {
     fn name(&self) -> &'static str;
 
-    /// Writes a batch; returns every message with its outcome, in the order given.
-    async fn send(&self, batch: Vec<Message>) -> Vec<Outcome>;
+    /// Hands a batch to the sink, in order. Returns once the sink has taken every message —
+    /// waiting here is backpressure — with a future of every message's outcome, so the
+    /// caller can keep several batches in flight and never awaits one delivery per record.
+    async fn submit(&self, batch: Vec<Message>) -> Pending;
+
+    /// Submits a batch and waits for its outcomes.
+    async fn send(&self, batch: Vec<Message>) -> Vec<Outcome> {
+        self.submit(batch).await.await
+    }
+
+    fn readiness(&self) -> Readiness;
+
+    /// The shutdown deadline passed: messages not yet on their way come back at once with an
+    /// error of kind [`SHUTDOWN_KIND`] instead of waiting for a broker.
+    fn abort_pending(&self) {}
 
     /// Flushes and releases resources; nothing is accepted afterwards.
     async fn close(&self) -> Result<(), SinkError>;
 }
 
-/// The configured sink, ready to write (the log's directory is checked to be writable).
-pub fn build(config: &Config) -> Result<Arc<dyn Sink>, SinkError> {
+/// The sinks of a configuration: where records go, and where dead letters go when that
+/// sink cannot take them (the local log's DLQ topic behind Kafka).
+pub struct Sinks {
+    pub main: Arc<dyn Sink>,
+    pub dlq_fallback: Option<Arc<dyn Sink>>,
+}
+
+/// Opens the configured sink: the log's directory is checked to be writable; Kafka is
+/// probed for `connect_timeout` (an unreachable cluster is reported, not fatal).
+pub async fn build(config: &Config) -> Result<Sinks, SinkError> {
     match config.sink.kind {
-        SinkKind::Log => Ok(Arc::new(log::LogSink::open(config)?)),
+        SinkKind::Log => Ok(Sinks {
+            main: Arc::new(log::LogSink::open(config)?),
+            dlq_fallback: None,
+        }),
+        SinkKind::Kafka => Ok(Sinks {
+            main: Arc::new(kafka::KafkaSink::connect(config).await?),
+            dlq_fallback: Some(Arc::new(log::LazyLogSink::new(config.clone()))),
+        }),
     }
 }

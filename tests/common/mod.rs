@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::path::{Path, PathBuf};
 
 use firestream::config::Config;
@@ -24,18 +26,40 @@ pub fn repo(relative: &str) -> PathBuf {
 
 /// A config for a fresh log under `dir`, plus extra YAML.
 pub fn config(dir: &Path, extra_yaml: &str) -> Config {
-    let yaml = format!(
+    checked(&format!(
         "sink: {{type: log, log: {{dir: {}}}}}\n{extra_yaml}",
         serde_json::to_string(&dir.join("log")).unwrap()
-    );
-    let config = Config::parse(&yaml, Path::new("test.yaml")).expect("test config parses");
+    ))
+}
+
+fn checked(yaml: &str) -> Config {
+    let config = Config::parse(yaml, Path::new("test.yaml")).expect("test config parses");
     config.check().expect("test config is valid");
     config
+}
+
+/// A local port nothing listens on (free when asked).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A config delivering to Kafka at `bootstrap` with librdkafka `properties` (a YAML flow
+/// map), the local log (the DLQ fallback) under `dir`, plus extra YAML.
+pub fn kafka_config(dir: &Path, bootstrap: &str, properties: &str, extra_yaml: &str) -> Config {
+    checked(&format!(
+        "sink: {{type: kafka, log: {{dir: {}}}, kafka: {{bootstrap_servers: \"{bootstrap}\", connect_timeout: 5s, properties: {properties}}}}}\n{extra_yaml}",
+        serde_json::to_string(&dir.join("log")).unwrap()
+    ))
 }
 
 /// Runs `firestream ingest` in-process.
 pub async fn ingest(config: Config, target: IngestTarget, paths: &[PathBuf]) -> Report {
     StreamManager::new(config)
+        .await
         .expect("sink opens")
         .ingest(target, paths.to_vec(), CancellationToken::new())
         .await

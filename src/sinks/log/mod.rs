@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use futures::FutureExt;
 
 use self::segment::PartitionWriter;
 use super::partition::partition_for_key;
-use super::{Delivered, ErrorClass, Message, Outcome, Sink, SinkError};
+use super::{Delivered, ErrorClass, Message, Outcome, Pending, Readiness, Sink, SinkError};
 use crate::config::{Config, FsyncPolicy};
 
 pub use self::segment::{list_segments, segment_name};
@@ -212,12 +213,21 @@ impl Sink for LogSink {
         "log"
     }
 
-    async fn send(&self, batch: Vec<Message>) -> Vec<Outcome> {
+    /// The write (and fsync, per policy) happens here, so the outcomes are known at once.
+    async fn submit(&self, batch: Vec<Message>) -> Pending {
         let inner = self.inner.clone();
-        match tokio::task::spawn_blocking(move || inner.write(batch)).await {
+        let outcomes = match tokio::task::spawn_blocking(move || inner.write(batch)).await {
             Ok(outcomes) => outcomes,
             // The write thread panicked; its messages are gone from here, so this is a bug.
             Err(e) => panic!("local log writer failed: {e}"),
+        };
+        futures::future::ready(outcomes).boxed()
+    }
+
+    fn readiness(&self) -> Readiness {
+        Readiness {
+            ready: true,
+            detail: format!("local log at {}", self.inner.dir.display()),
         }
     }
 
@@ -226,6 +236,63 @@ impl Sink for LogSink {
         tokio::task::spawn_blocking(move || inner.close())
             .await
             .unwrap_or_else(|e| Err(SinkError::fatal("log_io_error", e.to_string())))
+    }
+}
+
+/// The local log opened on first use: the DLQ fallback behind Kafka, so a Kafka deployment
+/// needs a writable `sink.log.dir` only once Kafka cannot take a dead letter.
+pub struct LazyLogSink {
+    config: Config,
+    sink: tokio::sync::Mutex<Option<LogSink>>,
+}
+
+impl LazyLogSink {
+    pub fn new(config: Config) -> Self {
+        LazyLogSink {
+            config,
+            sink: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for LazyLogSink {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+
+    async fn submit(&self, batch: Vec<Message>) -> Pending {
+        let mut sink = self.sink.lock().await;
+        if sink.is_none() {
+            match LogSink::open(&self.config) {
+                Ok(opened) => {
+                    tracing::warn!(dir = %opened.dir().display(), "opened the local log as the DLQ fallback");
+                    *sink = Some(opened);
+                }
+                Err(e) => {
+                    let outcomes = batch.into_iter().map(|m| (m, Err(e.clone()))).collect();
+                    return futures::future::ready(outcomes).boxed();
+                }
+            }
+        }
+        sink.as_ref().expect("opened above").submit(batch).await
+    }
+
+    fn readiness(&self) -> Readiness {
+        Readiness {
+            ready: true,
+            detail: format!(
+                "local log at {} (opened when needed)",
+                self.config.sink.log.dir.display()
+            ),
+        }
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        match self.sink.lock().await.as_ref() {
+            Some(sink) => sink.close().await,
+            None => Ok(()),
+        }
     }
 }
 

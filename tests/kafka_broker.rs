@@ -1,0 +1,169 @@
+//! End to end against a real broker process (DESIGN §11): `tansu`, a Kafka-compatible
+//! broker, started on a free port. `firestream ingest` — the binary, with a config holding
+//! only the sink and one topic — delivers the real FIRMS files; an independent consumer
+//! reads every record back and checks ids and values against the local log's copy.
+//!
+//! tansu is installed once per machine by `scripts/install-tansu` (which `scripts/test`
+//! runs); set `FIRESTREAM_TANSU` to use another binary. Its high watermark under-reports
+//! the log end, so the consumer reads until the topic is idle.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::read_until_idle;
+use common::{real, topic};
+use firestream::manager::IngestTarget;
+use firestream::sinks::partition::partition_for_key;
+use firestream::sources::SourceType;
+use serde_json::Value;
+
+/// A tansu broker process with in-memory storage, killed when dropped.
+struct Broker {
+    child: Child,
+    bootstrap: String,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Broker {
+        let binary = std::env::var_os("FIRESTREAM_TANSU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").expect("HOME");
+                Path::new(&home).join(".cache/firestream/tools/tansu-0.6.0/bin/tansu")
+            });
+        assert!(
+            binary.is_file(),
+            "the tansu broker is not installed at {}: run scripts/install-tansu (scripts/test does), or set FIRESTREAM_TANSU",
+            binary.display()
+        );
+        let port = common::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("tansu.log")).unwrap();
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("tansu starts");
+        let bootstrap = format!("127.0.0.1:{port}");
+        let started = Instant::now();
+        while TcpStream::connect(&bootstrap).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "tansu did not listen on {bootstrap} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, bootstrap }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every real FIRMS capture.
+fn firms_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(real("firms/fire_nrt_M6_157509.csv").parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+            .collect();
+    files.sort();
+    assert_eq!(files.len(), 13);
+    files
+}
+
+fn without_ingested_at(mut v: Value) -> Value {
+    v.as_object_mut().unwrap().remove("ingested_at");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firestream_ingest_delivers_every_real_firms_record_to_a_real_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let config = dir.path().join("kafka.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sink: {{type: kafka, kafka: {{bootstrap_servers: \"{}\"}}}}\ntopics: {{wildfire-nasa-firms: {{partitions: 4}}}}\n",
+            broker.bootstrap
+        ),
+    )
+    .unwrap();
+    let files = firms_files();
+    let output = Command::new(env!("CARGO_BIN_EXE_firestream"))
+        .arg("ingest")
+        .arg("-c")
+        .arg(&config)
+        .args(["--source-type", "nasa_firms", "--json"])
+        .args(&files)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "ingest failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["sink"]["name"], "kafka");
+    assert_eq!(report["sink"]["ready"], true);
+    assert!(stderr.contains("created topic"), "{stderr}");
+
+    // The reference: the same files through the local log.
+    let reference_dir = tempfile::tempdir().unwrap();
+    common::ingest(
+        common::config(reference_dir.path(), ""),
+        IngestTarget::SourceType(SourceType::NasaFirms),
+        &files,
+    )
+    .await;
+    let reference: HashMap<String, Value> =
+        topic(&reference_dir.path().join("log"), "wildfire-nasa-firms")
+            .into_iter()
+            .map(|line| (line["value"]["id"].as_str().unwrap().to_owned(), line))
+            .collect();
+    assert_eq!(reference.len(), 79_885);
+    assert_eq!(report["topics"]["wildfire-nasa-firms"]["delivered"], 79_885);
+
+    let bootstrap = broker.bootstrap.clone();
+    let consumed = tokio::task::spawn_blocking(move || {
+        read_until_idle(&bootstrap, "wildfire-nasa-firms", Duration::from_secs(5))
+    })
+    .await
+    .unwrap();
+    assert_eq!(consumed.len(), 79_885);
+    let mut seen = HashSet::new();
+    for message in &consumed {
+        let id = message.value["id"].as_str().unwrap();
+        assert!(seen.insert(id.to_owned()), "duplicate {id}");
+        let line = &reference[id];
+        assert_eq!(message.key, line["key"].as_str().unwrap());
+        assert_eq!(
+            message.partition as u32,
+            partition_for_key(message.key.as_bytes(), 4),
+            "{id}"
+        );
+        assert_eq!(message.headers["firestream-id"], id);
+        assert_eq!(message.headers["firestream-kind"], "fire_detection");
+        assert_eq!(
+            without_ingested_at(message.value.clone()),
+            without_ingested_at(line["value"].clone()),
+            "{id}"
+        );
+    }
+}
