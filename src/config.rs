@@ -635,6 +635,12 @@ impl Config {
                 self.sink.log.segment_bytes.0
             ));
         }
+        if self.sink.log.dir.exists() && !self.sink.log.dir.is_dir() {
+            problems.push(format!(
+                "sink.log.dir: {} exists and is not a directory",
+                self.sink.log.dir.display()
+            ));
+        }
         if self.dedupe.window.0.is_zero() {
             problems.push("dedupe.window: must be longer than 0s".to_owned());
         }
@@ -784,12 +790,17 @@ fn check_source(id: &str, s: &SourceConfig, problems: &mut Vec<String>) {
     }
 }
 
-/// Kafka's rules for topic names, so a config that works on the log works on Kafka.
-fn check_topic_name(at: &str, name: &str, problems: &mut Vec<String>) {
+/// Kafka's rules for topic names, so a config that works on the log works on Kafka (and a
+/// name is never a path outside the log directory).
+pub fn is_valid_topic_name(name: &str) -> bool {
     let legal = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if name.is_empty() || name.len() > 249 || !legal || name == "." || name == ".." {
+    !name.is_empty() && name.len() <= 249 && legal && name != "." && name != ".."
+}
+
+fn check_topic_name(at: &str, name: &str, problems: &mut Vec<String>) {
+    if !is_valid_topic_name(name) {
         problems.push(format!(
             "{at}: {name:?} is not a valid topic name (1-249 characters of letters, digits, `.`, `_`, `-`)"
         ));

@@ -13,6 +13,27 @@ use crate::record::serialize_millis;
 /// The DLQ topic, in the same sink as the data.
 pub const DLQ_TOPIC: &str = "firestream-dlq";
 
+/// Longest `raw_excerpt` kept: enough for any real row or feature, bounded for garbage.
+pub const MAX_RAW_BYTES: usize = 64 * 1024;
+
+/// Longest `reason` kept (a reason quotes the offending value, which may be huge).
+pub const MAX_REASON_BYTES: usize = 2 * 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, saying how much was cut.
+pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let total = text.len();
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!("…({} of {total} bytes cut)", total - cut));
+    text
+}
+
 /// Where in the pipeline a record failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,13 +103,13 @@ impl DeadLetter {
             failed_at: Utc::now(),
             stage,
             error_kind: error_kind.into(),
-            reason: reason.into(),
+            reason: truncate(reason.into(), MAX_REASON_BYTES),
             attempts: 1,
             source_id: Some(source_id),
             topic: None,
             key: None,
             record: None,
-            raw_excerpt: Some(raw_excerpt),
+            raw_excerpt: Some(truncate(raw_excerpt, MAX_RAW_BYTES)),
         }
     }
 
@@ -109,14 +130,17 @@ impl DeadLetter {
             .and_then(|text| RawValue::from_string(text.to_owned()).ok());
         let raw_excerpt = match record {
             Some(_) => None,
-            None => Some(String::from_utf8_lossy(envelope_json).into_owned()),
+            None => Some(truncate(
+                String::from_utf8_lossy(envelope_json).into_owned(),
+                MAX_RAW_BYTES,
+            )),
         };
         DeadLetter {
             dlq_id: uuid::Uuid::new_v4().to_string(),
             failed_at: Utc::now(),
             stage,
             error_kind: error_kind.into(),
-            reason: reason.into(),
+            reason: truncate(reason.into(), MAX_REASON_BYTES),
             attempts,
             source_id: Some(source_id),
             topic: Some(topic),
@@ -155,6 +179,37 @@ mod tests {
         assert!(v.get("record").is_none());
         assert_eq!(v["dlq_id"].as_str().unwrap().len(), 36);
         assert!(v["failed_at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn huge_reasons_and_excerpts_are_cut_with_a_note() {
+        let value = "9".repeat(1_000_000);
+        let d = DeadLetter::raw(
+            Stage::Validate,
+            "invalid_row",
+            format!("latitude {value:?} is not a number"),
+            Arc::from("s"),
+            format!("{value},1,2"),
+        );
+        assert!(d.reason.len() < MAX_REASON_BYTES + 64, "{}", d.reason.len());
+        assert!(
+            d.reason.ends_with("bytes cut)"),
+            "{}",
+            &d.reason[d.reason.len() - 40..]
+        );
+        let raw = d.raw_excerpt.unwrap();
+        assert!(raw.starts_with("999"));
+        assert!(
+            raw.ends_with(&format!(
+                "…({} of 1000004 bytes cut)",
+                1_000_004 - MAX_RAW_BYTES
+            )),
+            "{}",
+            &raw[raw.len() - 40..]
+        );
+        // Multi-byte characters are never split.
+        assert_eq!(truncate("ééé".to_owned(), 3), "é…(4 of 6 bytes cut)");
+        assert_eq!(truncate("short".to_owned(), 10), "short");
     }
 
     #[test]

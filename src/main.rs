@@ -1,7 +1,8 @@
 //! The `firestream` command: a thin layer over the library's StreamManager.
 //!
 //! Exit codes: 0 success; 1 runtime failure (sink unusable, records lost); 2 bad usage or
-//! configuration; 130 interrupted twice (forced).
+//! configuration; 130 an `ingest` stopped by a signal before it read every file, or a second
+//! signal (exit without draining).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let usage = e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<ConfigError>().is_some();
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             if usage {
                 ExitCode::from(2)
             } else {
@@ -126,10 +127,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.config.display(),
                 loaded.sources.len(),
             );
+            if loaded.sources.is_empty() {
+                println!(
+                    "note: no sources configured: `run` needs at least one under `sources:`; `ingest --source-type` works without"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
             let config = load(&config.config)?;
+            if config.sources.is_empty() {
+                bail!(UsageError(
+                    ManagerError::NoSources(config.file.clone()).to_string()
+                ));
+            }
             init_logging(&config);
             runtime()?.block_on(async {
                 let manager = StreamManager::new(config).await?;
@@ -155,6 +166,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(id)) => IngestTarget::Source(id),
                 _ => unreachable!("clap requires exactly one of --source-type and --source"),
             };
+            target
+                .check(&config)
+                .map_err(|e| UsageError(e.to_string()))?;
             let paths = check_paths(paths)?;
             let label = match &target {
                 IngestTarget::SourceType(t) => t.to_string(),
@@ -179,6 +193,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Ok(if report.lost > 0 {
                     ExitCode::FAILURE
+                } else if !report.not_read.is_empty() {
+                    ExitCode::from(130)
                 } else {
                     ExitCode::SUCCESS
                 })
@@ -235,28 +251,53 @@ fn init_logging(config: &Config) {
     }
 }
 
-/// Cancels on the first SIGINT or SIGTERM; a second one exits at once.
+/// A second signal within this time of the first is the same request (a terminal or
+/// `timeout` may deliver SIGINT to the process and to its group), not "exit at once".
+const SIGNAL_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Cancels on the first SIGINT or SIGTERM; a second one, later than [`SIGNAL_DEBOUNCE`],
+/// exits at once.
 fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
-        for round in 0..2 {
+        let mut first: Option<std::time::Instant> = None;
+        loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            if round == 0 {
-                tracing::info!("signal received: finishing (send again to exit at once)");
-                trigger.cancel();
-            } else {
-                eprintln!("second signal: exiting without draining");
-                std::process::exit(130);
+            match first {
+                None => {
+                    tracing::info!("signal received: finishing (send again to exit at once)");
+                    trigger.cancel();
+                    first = Some(std::time::Instant::now());
+                }
+                Some(at) if at.elapsed() < SIGNAL_DEBOUNCE => {}
+                Some(_) => {
+                    eprintln!("second signal: exiting without draining");
+                    std::process::exit(130);
+                }
             }
         }
     });
     token
+}
+
+/// An error and its causes, each cause once: skipped when the message before already
+/// quotes it (thiserror messages often include their source).
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Every PATH must exist (or, when quoted as a glob, match something).
@@ -333,6 +374,14 @@ fn print_summary(label: &str, files: usize, report: &Report) {
     if !dlq.is_empty() {
         let _ = writeln!(out, "  DLQ by stage: {}", dlq.join(", "));
     }
+    if !report.not_read.is_empty() {
+        let _ = writeln!(
+            out,
+            "  INTERRUPTED: {} file(s) not read to the end (the first may be partly read): {}",
+            report.not_read.len(),
+            report.not_read.join(", ")
+        );
+    }
     if report.dlq_fallback > 0 {
         let _ = writeln!(
             out,
@@ -356,6 +405,24 @@ fn tail(
     lines: Option<usize>,
     follow: bool,
 ) -> anyhow::Result<()> {
+    if !firestream::config::is_valid_topic_name(topic) {
+        bail!(UsageError(format!(
+            "{topic:?} is not a topic name (1-249 characters of letters, digits, `.`, `_`, `-`)"
+        )));
+    }
+    if !dir.join(topic).is_dir() && follow {
+        eprintln!(
+            "topic {topic} has no records in {} yet; waiting for them",
+            dir.display()
+        );
+        while !dir.join(topic).is_dir() {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    if !dir.join(topic).is_dir() && topic == firestream::dlq::DLQ_TOPIC {
+        eprintln!("no dead letters in {}: nothing has failed", dir.display());
+        return Ok(());
+    }
     if !dir.join(topic).is_dir() {
         let present = reader::topics(dir).unwrap_or_default();
         let present = if present.is_empty() {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::config::SinkKind;
 use crate::config::{Config, SourceConfig};
@@ -53,6 +53,32 @@ pub enum IngestTarget {
     Source(String),
 }
 
+impl IngestTarget {
+    /// Whether the target exists in `config`: checked before the sink is opened.
+    pub fn check(&self, config: &Config) -> Result<(), ManagerError> {
+        match self {
+            IngestTarget::Source(id) if !config.sources.contains_key(id) => {
+                let known = if config.sources.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    config
+                        .sources
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                Err(ManagerError::UnknownSource {
+                    id: id.clone(),
+                    file: config.file.clone(),
+                    known,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The fate of every row of an ingest or run: the numbers the CLI prints.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
@@ -65,6 +91,9 @@ pub struct Report {
     pub dlq_fallback: u64,
     /// The sink and whether it could deliver when the run started.
     pub sink: SinkStatus,
+    /// `ingest` only: files a signal kept from being read to the end (the first may be
+    /// partly read; its records so far were delivered).
+    pub not_read: Vec<String>,
     pub elapsed_s: f64,
 }
 
@@ -93,6 +122,7 @@ impl Report {
                 .dlq_fallback
                 .load(std::sync::atomic::Ordering::Relaxed),
             sink,
+            not_read: Vec::new(),
             elapsed_s: started.elapsed().as_secs_f64(),
         }
     }
@@ -326,22 +356,11 @@ impl StreamManager {
                 router.set_source_topic(&id, &topic);
                 (id, SourceConfig::defaults_for(t))
             }
-            IngestTarget::Source(id) => match self.config.sources.get(&id) {
-                Some(source) => (id, source.clone()),
-                None => {
-                    return Err(ManagerError::UnknownSource {
-                        known: self
-                            .config
-                            .sources
-                            .keys()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        id,
-                        file: self.config.file.clone(),
-                    });
-                }
-            },
+            IngestTarget::Source(id) => {
+                IngestTarget::Source(id.clone()).check(&self.config)?;
+                let source = self.config.sources[&id].clone();
+                (id, source)
+            }
         };
         let deadline = CancellationToken::new();
         let delivery = self.start_delivery(router, deadline.clone());
@@ -351,17 +370,25 @@ impl StreamManager {
             .collect::<Vec<_>>();
         // One file at a time, in the order given, so a file given twice is deduplicated
         // against its first reading.
-        for path in paths {
+        let span = tracing::info_span!("stream", stream = %id, source_type = %source.source_type, mode = Mode::Once.name());
+        let mut not_read = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
             let mut stream =
-                self.stream(&id, &source, Mode::Once, vec![glob::Pattern::escape(&path)]);
-            let outcome = stream.poll_once(&shutdown).await;
-            if outcome.interrupted {
-                warn!("ingest interrupted; records already queued are still delivered");
+                self.stream(&id, &source, Mode::Once, vec![glob::Pattern::escape(path)]);
+            let outcome = stream.poll_once(&shutdown).instrument(span.clone()).await;
+            if outcome.interrupted || shutdown.is_cancelled() {
+                not_read = paths[i..].to_vec();
+                warn!(
+                    files_not_read = not_read.len(),
+                    "ingest interrupted; records already queued are still delivered"
+                );
                 break;
             }
         }
         self.finish(delivery, deadline).await?;
-        Ok(Report::collect(&self.stats, self.sink_status(), started))
+        let mut report = Report::collect(&self.stats, self.sink_status(), started);
+        report.not_read = not_read;
+        Ok(report)
     }
 }
 

@@ -79,8 +79,11 @@ impl Stream {
                 };
             }
         };
-        for pattern in found.unmatched {
-            debug!(pattern, "no file matches");
+        for pattern in self.transport.newly_unmatched(&found) {
+            warn!(
+                pattern,
+                "no file matches this path (yet); the stream keeps polling it. Check `paths:` (a directory needs a glob such as dir/*.csv)"
+            );
         }
         for (path, fingerprint) in found.files {
             if cancel.is_cancelled() {
@@ -266,9 +269,10 @@ impl FileJob {
             Ok(()) => FileResult::Done { rows },
             Err(e) => {
                 self.stream_stats.payload_errors.fetch_add(1, Relaxed);
-                let (stage, retry) = match &e {
-                    crate::sources::PayloadError::Io(_) => (Stage::Fetch, true),
-                    _ => (Stage::Parse, false),
+                let (stage, retry) = if e.is_retriable() {
+                    (Stage::Fetch, true)
+                } else {
+                    (Stage::Parse, false)
                 };
                 warn!(file = %self.path.display(), error_kind = e.kind(), error = %e, "input file rejected");
                 let dead = DeadLetter::raw(

@@ -253,6 +253,130 @@ fn usage_and_config_errors_exit_2_with_a_message() {
 
     let out = firestream(&repo("."), &["validate", "-c", "config/demo.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
+
+    // An unknown source is refused before the sink is opened, naming what exists.
+    let out = firestream(
+        dir.path(),
+        &["ingest", "-c", cfg, "--source", "nope", "data.csv"],
+    );
+    assert!(
+        stderr(&out).contains("configured sources: (none)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("sink ready"), "{}", stderr(&out));
+    assert!(!dir.path().join("out/log").exists());
+
+    // A sink-only config is valid, but `run` would need a source: validate says so.
+    let out = firestream(dir.path(), &["validate", "-c", cfg]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("note: no sources configured"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A log directory that is a file is a config problem, found by validate.
+    std::fs::write(dir.path().join("taken"), "x").unwrap();
+    std::fs::write(
+        dir.path().join("file-dir.yaml"),
+        "sink: {log: {dir: taken}}\n",
+    )
+    .unwrap();
+    let out = firestream(dir.path(), &["validate", "-c", "file-dir.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("sink.log.dir") && stderr(&out).contains("is not a directory"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Topic names are Kafka's: no paths.
+    for bad in ["..", "wildfire-nasa-firms/0", "a b"] {
+        let out = firestream(dir.path(), &["tail", "-c", cfg, bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(
+            stderr(&out).contains("is not a topic name"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // An empty DLQ is good news, not an error.
+    let out = firestream(dir.path(), &["tail", "-c", cfg, "firestream-dlq"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no dead letters"), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn an_interrupted_ingest_exits_130_and_names_the_files_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sink_only_config(dir.path());
+    // Many copies of a real file, so the signal lands mid-ingest.
+    let mut args: Vec<String> = [
+        "ingest",
+        "-c",
+        config.to_str().unwrap(),
+        "--source-type",
+        "nasa_firms",
+        "--json",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for i in 0..200 {
+        let copy = dir.path().join(format!("copy{i:03}.csv"));
+        std::fs::copy(
+            real("firms/SUOMI_VIIRS_C2_USA_contiguous_and_Hawaii_7d__2025-11.csv"),
+            &copy,
+        )
+        .unwrap();
+        args.push(copy.to_string_lossy().into_owned());
+    }
+    let child = Command::new(env!("CARGO_BIN_EXE_firestream"))
+        .args(&args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it is reading, then interrupt.
+    let log = dir.path().join("out/log");
+    for _ in 0..600 {
+        if log.join("wildfire-nasa-firms").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let not_read = report["not_read"].as_array().unwrap();
+    assert!(!not_read.is_empty());
+    assert!(
+        not_read
+            .last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .ends_with("copy199.csv")
+    );
+    // Whatever was read is accounted for: every record read was delivered or a duplicate.
+    let stream = &report["streams"]["ingest_nasa_firms"];
+    let delivered = topic(&log, "wildfire-nasa-firms").len() as u64;
+    assert_eq!(
+        report["topics"]["wildfire-nasa-firms"]["delivered"],
+        delivered
+    );
+    assert_eq!(stream["rows"], stream["records"]);
+    assert_eq!(
+        stream["records"].as_u64().unwrap(),
+        delivered + stream["duplicates"].as_u64().unwrap()
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

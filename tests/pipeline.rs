@@ -382,3 +382,46 @@ async fn a_parser_panic_dead_letters_the_file_and_the_stream_carries_on() {
     let again = stream.poll_once(&CancellationToken::new()).await;
     assert_eq!(again.files, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_cut_short_goes_to_the_dlq_and_does_not_shadow_the_complete_row() {
+    // A file caught while being written: its last row is cut mid-field.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(real(M6)).unwrap();
+    let full: String = text.lines().take(11).map(|l| format!("{l}\n")).collect();
+    let cut = dir.path().join("cut.csv");
+    std::fs::write(&cut, &full[..full.len() - 30]).unwrap();
+    let whole = dir.path().join("whole.csv");
+    std::fs::write(&whole, &full).unwrap();
+    let report = common::ingest(
+        common::config(dir.path(), ""),
+        IngestTarget::SourceType(SourceType::NasaFirms),
+        &[cut, whole],
+    )
+    .await;
+    let t = report.totals();
+    assert_eq!(t.invalid, 1);
+    assert_eq!(t.duplicates, 9);
+    assert_eq!(report.topics["wildfire-nasa-firms"].delivered, 10);
+    let stored = envelopes(&dir.path().join("log"), "wildfire-nasa-firms");
+    let last_row = common::csv_rows(&real(M6))[9].clone();
+    let complete = stored
+        .iter()
+        .find(|e| e["location"]["lat"] == common::f64_of(&last_row["latitude"]))
+        .expect("the complete row is delivered");
+    assert_eq!(
+        complete["data"]["frp_mw"],
+        common::f64_of(&last_row["frp"]),
+        "with its values, not the cut row's nulls"
+    );
+    let dlq = envelopes(&dir.path().join("log"), "firestream-dlq");
+    assert_eq!(dlq.len(), 1);
+    assert!(
+        dlq[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("line 11: row has"),
+        "{}",
+        dlq[0]["reason"]
+    );
+}

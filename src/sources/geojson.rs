@@ -9,8 +9,6 @@ use crate::sources::{Invalid, PayloadError, Row, excerpt, read_to_end_capped, sn
 
 /// Largest GeoJSON document read into memory (a whole state's alerts are a few MB).
 const MAX_DOCUMENT_BYTES: u64 = 256 * 1024 * 1024;
-/// Longest raw feature kept in a DLQ record.
-const MAX_RAW_BYTES: usize = 64 * 1024;
 
 /// The features of a Feature or FeatureCollection, each with its position in the payload.
 pub fn features(
@@ -96,16 +94,24 @@ pub fn point(feature: &Value) -> Option<(f64, f64)> {
     Some((coords.first()?.as_f64()?, coords.get(1)?.as_f64()?))
 }
 
+/// A feature's `properties` as `T`; an error names the field that did not fit, e.g.
+/// `properties.temperature.value: invalid type: string "22.8", expected f64`.
+pub fn properties<T: serde::de::DeserializeOwned>(feature: &Value) -> Result<T, String> {
+    let properties = feature
+        .get("properties")
+        .ok_or("feature has no properties")?;
+    serde_path_to_error::deserialize(properties).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            "properties".to_owned()
+        } else {
+            format!("properties.{path}")
+        };
+        format!("{at}: {}", e.into_inner())
+    })
+}
+
 /// The feature as compact JSON, capped for the DLQ.
 pub fn raw(feature: &Value) -> String {
-    let mut text = feature.to_string();
-    if text.len() > MAX_RAW_BYTES {
-        let mut cut = MAX_RAW_BYTES;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("…(truncated)");
-    }
-    text
+    crate::dlq::truncate(feature.to_string(), crate::dlq::MAX_RAW_BYTES)
 }

@@ -150,8 +150,20 @@ impl PayloadError {
             PayloadError::UnexpectedJson { .. } => "unexpected_json",
             PayloadError::Problem { .. } => "upstream_problem",
             PayloadError::Csv { .. } => "csv_error",
+            PayloadError::Io(e)
+                if e.kind() == std::io::ErrorKind::Other
+                    && e.to_string().starts_with("payload larger") =>
+            {
+                "payload_too_large"
+            }
+            PayloadError::Io(e) if is_corrupt(e) => "corrupt_payload",
             PayloadError::Io(_) => "io_error",
         }
+    }
+
+    /// Whether reading it again can help: only a failed read, not a damaged payload.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, PayloadError::Io(e) if !is_corrupt(e) && self.kind() == "io_error")
     }
 
     /// The first bytes of the payload, for the DLQ record.
@@ -166,6 +178,17 @@ impl PayloadError {
             _ => None,
         }
     }
+}
+
+/// A read error that means the bytes are damaged (a cut or garbled gzip stream, a line no
+/// parser accepts), not that the read failed.
+fn is_corrupt(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::InvalidInput
+    )
 }
 
 /// Parses one payload of a source type into rows.

@@ -26,6 +26,10 @@ pub const DEFAULT_HIGH_FRP_MW: f64 = 100.0;
 
 const REQUIRED: [&str; 5] = ["latitude", "longitude", "acq_date", "acq_time", "satellite"];
 
+/// Longest CSV line accepted: real rows are ~100 bytes; a line of megabytes is not FIRMS
+/// data, and reading it whole would cost memory without bound.
+const MAX_LINE_BYTES: usize = 1 << 20;
+
 pub struct FirmsParser {
     source_id: Arc<str>,
     high_frp_mw: f64,
@@ -122,7 +126,10 @@ impl Parser for FirmsParser {
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
             .has_headers(true)
-            .from_reader(std::io::Read::chain(head.as_slice(), input));
+            .from_reader(LineLimit::new(
+                std::io::Read::chain(head.as_slice(), input),
+                MAX_LINE_BYTES,
+            ));
         let header = reader
             .headers()
             .map_err(|e| PayloadError::Csv {
@@ -130,39 +137,45 @@ impl Parser for FirmsParser {
             })?
             .clone();
         let columns = Columns::from_header(&header, &head)?;
-        let mut row = csv::StringRecord::new();
+        let mut bytes = csv::ByteRecord::new();
         loop {
             let line = reader.position().line() + 1;
-            match reader.read_record(&mut row) {
+            match reader.read_byte_record(&mut bytes) {
                 Ok(false) => break,
                 Ok(true) => {
-                    let line = row.position().map_or(line, |p| p.line());
-                    let parsed = match self.parse_row(&columns, &row) {
-                        Ok(record) => Row::Valid(Box::new(record)),
-                        Err(reason) => Row::Invalid(Invalid {
-                            position: format!("line {line}"),
-                            reason,
-                            raw: csv_line(&row),
-                        }),
-                    };
+                    let line = bytes.position().map_or(line, |p| p.line());
+                    let (parsed, reuse) =
+                        match csv::StringRecord::from_byte_record(std::mem::take(&mut bytes)) {
+                            Ok(row) => (
+                                self.check_row(&columns, header.len(), &row, line),
+                                row.into_byte_record(),
+                            ),
+                            Err(e) => {
+                                let reason = format!("row is not valid UTF-8: {}", e.utf8_error());
+                                let bytes = e.into_byte_record();
+                                let raw = bytes
+                                    .iter()
+                                    .map(String::from_utf8_lossy)
+                                    .collect::<Vec<_>>()
+                                    .join(",");
+                                let invalid = Row::Invalid(Invalid {
+                                    position: format!("line {line}"),
+                                    reason,
+                                    raw,
+                                });
+                                (invalid, bytes)
+                            }
+                        };
+                    bytes = reuse;
                     if !out(parsed) {
                         return Ok(());
                     }
                 }
-                Err(e) if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) => {
-                    let line = e.position().map_or(line, |p| p.line());
-                    let invalid = Row::Invalid(Invalid {
-                        position: format!("line {line}"),
-                        reason: format!("row is not valid UTF-8: {e}"),
-                        raw: String::new(),
-                    });
-                    if !out(invalid) {
-                        return Ok(());
-                    }
-                }
                 Err(e) => {
-                    return Err(PayloadError::Csv {
-                        detail: e.to_string(),
+                    let detail = e.to_string();
+                    return Err(match e.into_kind() {
+                        csv::ErrorKind::Io(io) => PayloadError::Io(io),
+                        _ => PayloadError::Csv { detail },
                     });
                 }
             }
@@ -172,6 +185,34 @@ impl Parser for FirmsParser {
 }
 
 impl FirmsParser {
+    /// A row whose field count matches the header, parsed; anything else is invalid.
+    fn check_row(
+        &self,
+        columns: &Columns,
+        fields: usize,
+        row: &csv::StringRecord,
+        line: u64,
+    ) -> Row {
+        let checked = if row.len() == fields {
+            self.parse_row(columns, row)
+        } else {
+            // A cut or merged row: its values may sit under the wrong columns, and a partial
+            // record would shadow the complete row later (dedupe).
+            Err(format!(
+                "row has {} field(s), the header has {fields}",
+                row.len()
+            ))
+        };
+        match checked {
+            Ok(record) => Row::Valid(Box::new(record)),
+            Err(reason) => Row::Invalid(Invalid {
+                position: format!("line {line}"),
+                reason,
+                raw: csv_line(row),
+            }),
+        }
+    }
+
     fn parse_row(&self, c: &Columns, row: &csv::StringRecord) -> Result<Record, String> {
         let field = |i: usize| row.get(i).map(str::trim).filter(|s| !s.is_empty());
         let opt = |i: Option<usize>| i.and_then(field);
@@ -199,11 +240,11 @@ impl FirmsParser {
                 Instrument::Modis
             });
 
-        let brightness_k = optional_number(opt(c.brightness), "brightness")?;
-        let brightness_2_k = optional_number(opt(c.brightness_2), "brightness_2")?;
-        let frp_mw = optional_number(opt(c.frp), "frp")?;
-        let scan_km = optional_number(opt(c.scan), "scan")?;
-        let track_km = optional_number(opt(c.track), "track")?;
+        let brightness_k = measurement(opt(c.brightness), "brightness")?;
+        let brightness_2_k = measurement(opt(c.brightness_2), "brightness_2")?;
+        let frp_mw = measurement(opt(c.frp), "frp")?;
+        let scan_km = measurement(opt(c.scan), "scan")?;
+        let track_km = measurement(opt(c.track), "track")?;
         let (confidence, confidence_pct) = match opt(c.confidence) {
             Some(text) => {
                 let (class, pct) = parse_confidence(text)?;
@@ -308,8 +349,50 @@ fn required_number(text: Option<&str>, name: &str) -> Result<f64, String> {
     parse_number(text, name)
 }
 
-fn optional_number(text: Option<&str>, name: &str) -> Result<Option<f64>, String> {
-    text.map(|t| parse_number(t, name)).transpose()
+/// A brightness temperature, FRP or pixel size: absent, or a number that is not negative.
+fn measurement(text: Option<&str>, name: &str) -> Result<Option<f64>, String> {
+    match text.map(|t| parse_number(t, name)).transpose()? {
+        Some(v) if v < 0.0 => Err(format!("{name} {v} is negative")),
+        value => Ok(value),
+    }
+}
+
+/// A reader that fails once a line grows past `max` bytes, so a payload without newlines
+/// is rejected instead of being buffered whole.
+struct LineLimit<R> {
+    inner: R,
+    max: usize,
+    run: usize,
+}
+
+impl<R> LineLimit<R> {
+    fn new(inner: R, max: usize) -> Self {
+        LineLimit { inner, max, run: 0 }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for LineLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        // The first piece continues the current line; each newline starts a new one.
+        let mut pieces = buf[..n].split(|&b| b == b'\n');
+        self.run += pieces.next().map_or(0, <[u8]>::len);
+        let mut longest = self.run;
+        for piece in pieces {
+            self.run = piece.len();
+            longest = longest.max(self.run);
+        }
+        if longest > self.max {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "a line is longer than {} KiB; FIRMS rows are about 100 bytes",
+                    self.max / 1024
+                ),
+            ));
+        }
+        Ok(n)
+    }
 }
 
 fn parse_number(text: &str, name: &str) -> Result<f64, String> {
@@ -457,6 +540,129 @@ mod tests {
             &["Terra", "2020-10-02", "0025", "-9.774", "-35.884"],
         );
         assert_eq!(r.id, expected);
+    }
+
+    fn invalid_reason(text: &str) -> String {
+        match parse(text).unwrap().pop() {
+            Some(Row::Invalid(i)) => i.reason,
+            other => panic!("expected one invalid row, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_row_with_too_few_or_too_many_fields_is_invalid_not_half_a_record() {
+        let short = &M6_ROW[..M6_ROW.len() - 10];
+        assert_eq!(
+            invalid_reason(&format!("{M6_HEADER}\n{short}\n")),
+            "row has 12 field(s), the header has 14"
+        );
+        assert_eq!(
+            invalid_reason(&format!("{M6_HEADER}\n{M6_ROW},extra\n")),
+            "row has 15 field(s), the header has 14"
+        );
+    }
+
+    #[test]
+    fn a_row_that_is_not_utf8_is_invalid_with_its_text_kept() {
+        let mut text = format!("{M6_HEADER}\n").into_bytes();
+        text.extend_from_slice(M6_ROW.replace("Terra", "Ter\u{1}ra").as_bytes());
+        let at = text.iter().position(|b| *b == 1).unwrap();
+        text[at] = 0xff;
+        text.extend_from_slice(format!("\n{M6_ROW}\n").as_bytes());
+        let mut rows = Vec::new();
+        parser()
+            .parse(&mut text.as_slice(), &mut |r| {
+                rows.push(r);
+                true
+            })
+            .unwrap();
+        match &rows[0] {
+            Row::Invalid(inv) => {
+                assert!(
+                    inv.reason.starts_with("row is not valid UTF-8"),
+                    "{}",
+                    inv.reason
+                );
+                assert!(inv.raw.contains("Ter\u{FFFD}ra"), "{}", inv.raw);
+                assert_eq!(inv.position, "line 2");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(rows[1], Row::Valid(_)));
+    }
+
+    #[test]
+    fn negative_measurements_are_invalid() {
+        let row = M6_ROW.replace(",42.8,", ",-5,");
+        assert_eq!(
+            invalid_reason(&format!("{M6_HEADER}\n{row}\n")),
+            "frp -5 is negative"
+        );
+        let row = M6_ROW.replace(",308.8,", ",-308.8,");
+        assert_eq!(
+            invalid_reason(&format!("{M6_HEADER}\n{row}\n")),
+            "brightness -308.8 is negative"
+        );
+        // A real 0 stays valid.
+        let row = M6_ROW.replace(",42.8,", ",0,");
+        assert_eq!(
+            fire(&one(&format!("{M6_HEADER}\n{row}\n"))).frp_mw,
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn a_line_of_megabytes_rejects_the_payload_without_buffering_it() {
+        let huge = "9".repeat(MAX_LINE_BYTES + 10);
+        let text = format!("{M6_HEADER}\n{M6_ROW}\n{huge}\n{M6_ROW}\n");
+        let mut rows = 0;
+        let err = parser()
+            .parse(&mut text.as_bytes(), &mut |_| {
+                rows += 1;
+                true
+            })
+            .unwrap_err();
+        assert_eq!(err.kind(), "corrupt_payload");
+        assert!(!err.is_retriable());
+        assert!(
+            err.to_string().contains("a line is longer than 1024 KiB"),
+            "{err}"
+        );
+        assert_eq!(rows, 1, "rows before the long line are kept");
+    }
+
+    #[test]
+    fn line_limit_counts_across_reads() {
+        use std::io::Read;
+        let data = b"abc\ndefgh\nij";
+        // One byte per read: the run of "defgh" (5) crosses reads.
+        struct OneByte<'a>(&'a [u8]);
+        impl Read for OneByte<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                match self.0.split_first() {
+                    Some((b, rest)) => {
+                        buf[0] = *b;
+                        self.0 = rest;
+                        Ok(1)
+                    }
+                    None => Ok(0),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        assert!(
+            LineLimit::new(OneByte(data), 5)
+                .read_to_end(&mut out)
+                .is_ok()
+        );
+        let mut out = Vec::new();
+        assert!(
+            LineLimit::new(OneByte(data), 4)
+                .read_to_end(&mut out)
+                .is_err()
+        );
+        let mut out = Vec::new();
+        assert!(LineLimit::new(&data[..], 4).read_to_end(&mut out).is_err());
     }
 
     #[test]
@@ -627,7 +833,9 @@ mod tests {
     #[test]
     fn short_row_is_invalid_not_fatal() {
         let rows = parse(&format!("{M6_HEADER}\n-9.774,-35.884\n{M6_ROW}\n")).unwrap();
-        assert!(matches!(&rows[0], Row::Invalid(inv) if inv.reason == "acq_date is empty"));
+        assert!(
+            matches!(&rows[0], Row::Invalid(inv) if inv.reason == "row has 2 field(s), the header has 14")
+        );
         assert!(matches!(rows[1], Row::Valid(_)));
     }
 

@@ -100,13 +100,7 @@ struct Reference {
 
 impl AlertParser {
     fn parse_feature(&self, feature: &Value) -> Result<Record, String> {
-        let props: Properties = serde_json::from_value(
-            feature
-                .get("properties")
-                .cloned()
-                .ok_or("feature has no properties")?,
-        )
-        .map_err(|e| format!("properties: {e}"))?;
+        let props: Properties = geojson::properties(feature)?;
         let alert_id = props
             .id
             .clone()

@@ -99,13 +99,7 @@ enum Dimension {
 
 impl ObservationParser {
     fn parse_feature(&self, feature: &Value) -> Result<Record, String> {
-        let props: Properties = serde_json::from_value(
-            feature
-                .get("properties")
-                .cloned()
-                .ok_or("feature has no properties")?,
-        )
-        .map_err(|e| format!("properties: {e}"))?;
+        let props: Properties = geojson::properties(feature)?;
 
         let station_id = props
             .station
@@ -304,6 +298,24 @@ mod tests {
         assert!(err.contains("wmoUnit:furlong"), "{err}");
         // A unit of the wrong dimension is not silently accepted either.
         assert!(convert(&q("wmoUnit:Pa", 1.0), TemperatureC).is_err());
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_field() {
+        let parser = ObservationParser::new(Arc::from("t"));
+        let feature = serde_json::json!({
+            "geometry": {"type": "Point", "coordinates": [-80.15, 26.07]},
+            "properties": {
+                "station": "https://api.weather.gov/stations/KFLL",
+                "timestamp": "2022-03-02T15:53:00+00:00",
+                "temperature": {"unitCode": "wmoUnit:degC", "value": "22.8", "qualityControl": "V"}
+            }
+        });
+        let err = parser.parse_feature(&feature).unwrap_err();
+        assert!(
+            err.starts_with("properties.temperature.value: invalid type: string \"22.8\""),
+            "{err}"
+        );
     }
 
     #[test]

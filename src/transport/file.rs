@@ -4,7 +4,7 @@
 //! production parsers. A polling stream re-reads only files that are new or changed since
 //! it last read them; dedupe removes rows it has already sent from a grown file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -33,13 +33,15 @@ pub struct Fingerprint {
 pub struct Pending {
     /// New or changed files, sorted, with the fingerprint to mark them read.
     pub files: Vec<(PathBuf, Fingerprint)>,
-    /// Patterns that matched nothing.
+    /// Patterns that matched no file (nothing, or only directories).
     pub unmatched: Vec<String>,
 }
 
 pub struct FileTransport {
     patterns: Vec<String>,
     read: HashMap<PathBuf, Fingerprint>,
+    /// Unmatched patterns already reported, so each is said once, not on every poll.
+    reported: HashSet<String>,
 }
 
 impl FileTransport {
@@ -47,6 +49,7 @@ impl FileTransport {
         FileTransport {
             patterns,
             read: HashMap::new(),
+            reported: HashSet::new(),
         }
     }
 
@@ -57,7 +60,7 @@ impl FileTransport {
         let mut unmatched = Vec::new();
         for pattern in &self.patterns {
             let matches = expand(pattern)?;
-            if matches.is_empty() {
+            if !matches.iter().any(|p| p.is_file()) {
                 unmatched.push(pattern.clone());
             }
             files.extend(matches);
@@ -85,6 +88,18 @@ impl FileTransport {
             files: pending,
             unmatched,
         })
+    }
+
+    /// The unmatched patterns of `pending` not reported before; a pattern that matches again
+    /// is forgotten, so it is reported anew if its files go away.
+    pub fn newly_unmatched(&mut self, pending: &Pending) -> Vec<String> {
+        self.reported.retain(|p| pending.unmatched.contains(p));
+        pending
+            .unmatched
+            .iter()
+            .filter(|p| self.reported.insert((*p).clone()))
+            .cloned()
+            .collect()
     }
 
     /// Remembers that this version of the file was read to its end.
@@ -183,7 +198,12 @@ mod tests {
         let mut t = FileTransport::new(vec![pattern, missing.clone()]);
         let found = t.pending().unwrap();
         assert_eq!(found.files.len(), 2);
-        assert_eq!(found.unmatched, vec![missing]);
+        assert_eq!(found.unmatched, vec![missing.clone()]);
+        assert_eq!(t.newly_unmatched(&found), vec![missing.clone()]);
+        assert!(
+            t.newly_unmatched(&found).is_empty(),
+            "said once, not every poll"
+        );
         for (path, fp) in found.files {
             t.mark_read(path, fp);
         }
@@ -192,5 +212,17 @@ mod tests {
         let pending = t.pending().unwrap().files;
         assert_eq!(pending.len(), 1);
         assert!(pending[0].0.ends_with("2.csv"));
+    }
+
+    #[test]
+    fn a_pattern_naming_a_directory_matches_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("in")).unwrap();
+        std::fs::write(dir.path().join("in/a.csv"), "a").unwrap();
+        let bare = dir.path().join("in").to_string_lossy().into_owned();
+        let t = FileTransport::new(vec![bare.clone()]);
+        let found = t.pending().unwrap();
+        assert!(found.files.is_empty());
+        assert_eq!(found.unmatched, vec![bare]);
     }
 }
