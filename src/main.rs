@@ -350,7 +350,8 @@ fn print_summary(label: &str, files: usize, report: &Report) {
         report.sink.name, report.sink.detail
     );
     let _ = writeln!(out, "  rows read        {:>10}", t.rows);
-    let _ = writeln!(out, "  records emitted  {:>10}", t.records);
+    // rows read = records emitted + duplicates + invalid: every row accounted for.
+    let _ = writeln!(out, "  records emitted  {:>10}", t.enqueued);
     let _ = writeln!(out, "  duplicates       {:>10}", t.duplicates);
     let _ = writeln!(out, "  invalid → DLQ    {:>10}", t.invalid);
     let _ = writeln!(out, "  files rejected   {:>10}", t.payload_errors);

@@ -127,6 +127,43 @@ fn ingest_from_another_directory_then_tail() {
 }
 
 #[test]
+fn ingest_summary_adds_up_when_a_file_is_given_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sink_only_config(dir.path());
+    let file = real("firms/fire_nrt_M6_157509.csv");
+    let file = file.to_str().unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = firestream(
+        dir.path(),
+        &[
+            "ingest",
+            "-c",
+            cfg,
+            "--source-type",
+            "nasa_firms",
+            file,
+            file,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // rows read = records emitted + duplicates + invalid.
+    let text = stdout(&out);
+    for expected in [
+        "rows read             11648",
+        "records emitted        5824",
+        "duplicates             5824",
+        "invalid → DLQ             0",
+        "wildfire-nasa-firms                5824",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert_eq!(
+        topic(&dir.path().join("out/log"), "wildfire-nasa-firms").len(),
+        5_824
+    );
+}
+
+#[test]
 fn ingest_json_summary_and_dlq_for_a_bad_row() {
     let dir = tempfile::tempdir().unwrap();
     sink_only_config(dir.path());
