@@ -25,12 +25,13 @@ use serde_json::Value;
 /// A tansu broker process with in-memory storage, killed when dropped.
 struct Broker {
     child: Child,
+    binary: PathBuf,
     bootstrap: String,
 }
 
 impl Broker {
     fn start(dir: &Path) -> Broker {
-        let binary = std::env::var_os("FIRESTREAM_TANSU")
+        let binary: PathBuf = std::env::var_os("FIRESTREAM_TANSU")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 let home = std::env::var_os("HOME").expect("HOME");
@@ -66,7 +67,53 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Broker { child, bootstrap }
+        Broker {
+            child,
+            binary,
+            bootstrap,
+        }
+    }
+
+    /// Runs `firestream ingest --json` — the binary — with a config holding only this broker
+    /// and the given `topics:` entries; returns its JSON summary and its log (stderr).
+    fn ingest(
+        &self,
+        dir: &Path,
+        topics: &str,
+        source_type: &str,
+        files: &[PathBuf],
+    ) -> (Value, String) {
+        let config = dir.join("kafka.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "sink: {{type: kafka, kafka: {{bootstrap_servers: \"{}\"}}}}\ntopics: {{{topics}}}\n",
+                self.bootstrap
+            ),
+        )
+        .unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_firestream"))
+            .arg("ingest")
+            .arg("-c")
+            .arg(&config)
+            .args(["--source-type", source_type, "--json"])
+            .args(files)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "ingest failed:\n{stderr}");
+        (serde_json::from_slice(&output.stdout).unwrap(), stderr)
+    }
+
+    /// Creates a topic with tansu's own CLI, as an operator would.
+    fn create_topic(&self, name: &str, partitions: u32) {
+        let status = Command::new(&self.binary)
+            .args(["topic", "create", "--broker"])
+            .arg(format!("tcp://{}", self.bootstrap))
+            .args(["--partitions", &partitions.to_string(), name])
+            .status()
+            .expect("tansu topic create runs");
+        assert!(status.success(), "tansu topic create {name} failed");
     }
 }
 
@@ -99,27 +146,13 @@ fn without_ingested_at(mut v: Value) -> Value {
 async fn firestream_ingest_delivers_every_real_firms_record_to_a_real_broker() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
-    let config = dir.path().join("kafka.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "sink: {{type: kafka, kafka: {{bootstrap_servers: \"{}\"}}}}\ntopics: {{wildfire-nasa-firms: {{partitions: 4}}}}\n",
-            broker.bootstrap
-        ),
-    )
-    .unwrap();
     let files = firms_files();
-    let output = Command::new(env!("CARGO_BIN_EXE_firestream"))
-        .arg("ingest")
-        .arg("-c")
-        .arg(&config)
-        .args(["--source-type", "nasa_firms", "--json"])
-        .args(&files)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "ingest failed:\n{stderr}");
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (report, stderr) = broker.ingest(
+        dir.path(),
+        "wildfire-nasa-firms: {partitions: 4}",
+        "nasa_firms",
+        &files,
+    );
     assert_eq!(report["sink"]["name"], "kafka");
     assert_eq!(report["sink"]["ready"], true);
     assert!(stderr.contains("created topic"), "{stderr}");
@@ -164,6 +197,41 @@ async fn firestream_ingest_delivers_every_real_firms_record_to_a_real_broker() {
             without_ingested_at(message.value.clone()),
             without_ingested_at(line["value"].clone()),
             "{id}"
+        );
+    }
+}
+
+#[test]
+fn a_present_topic_that_differs_from_its_declaration_is_a_warning_not_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    broker.create_topic("wildfire-weather-alerts", 2);
+    let (report, stderr) = broker.ingest(
+        dir.path(),
+        "wildfire-weather-alerts: {partitions: 4}",
+        "nws_alerts",
+        &[real(
+            "noaa/alerts_active_point_33.25_-112.30__2024-07-18.json",
+        )],
+    );
+    assert!(
+        stderr.contains("topic exists with a different partition count")
+            && stderr.contains("actual=2")
+            && stderr.contains("declared=4"),
+        "{stderr}"
+    );
+    assert_eq!(report["topics"]["wildfire-weather-alerts"]["delivered"], 2);
+    // Placed by the topic's real partition count.
+    let consumed = read_until_idle(
+        &broker.bootstrap,
+        "wildfire-weather-alerts",
+        Duration::from_secs(5),
+    );
+    assert_eq!(consumed.len(), 2);
+    for message in &consumed {
+        assert_eq!(
+            message.partition as u32,
+            partition_for_key(message.key.as_bytes(), 2)
         );
     }
 }
