@@ -190,7 +190,16 @@ impl Delivery {
         if dead.is_empty() {
             return;
         }
-        let messages = dead.iter().map(|d| self.router.dead_letter(d)).collect();
+        let messages: Vec<Message> = dead.iter().map(|d| self.router.dead_letter(d)).collect();
+        // A sink known to be unreachable would hold them for its whole timeout first.
+        let readiness = self.sink.readiness();
+        if !readiness.ready && self.dlq_fallback.is_some() {
+            let refused = messages
+                .into_iter()
+                .map(|m| (m, readiness.detail.clone()))
+                .collect();
+            return self.to_fallback(refused).await;
+        }
         let mut stored = 0;
         let mut refused = Vec::new();
         for (message, result) in self.sink.send(messages).await {

@@ -97,7 +97,8 @@ pub struct Report {
     pub elapsed_s: f64,
 }
 
-/// Which sink a run used and its readiness at the start.
+/// Which sink a run used and its readiness as last seen at the end of the run (a broker
+/// lost mid-run shows here, not the state at start-up).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SinkStatus {
     pub name: &'static str,
@@ -242,17 +243,21 @@ impl StreamManager {
         DeliveryTask { supervisor, failed }
     }
 
-    /// Closes the queue, lets delivery drain it within `shutdown_timeout`, closes the sink.
+    /// Closes the queue, lets delivery drain it, closes the sink. The drain is cut short
+    /// only `shutdown_timeout` after `signalled` fires: a stop that was asked for. A one-shot
+    /// ingest that ends by itself waits for every outcome, however slow the sink.
     async fn finish(
         &self,
         delivery: DeliveryTask,
         deadline: CancellationToken,
+        signalled: CancellationToken,
     ) -> Result<(), ManagerError> {
         self.queue.close();
         let timeout: Duration = self.config.delivery.shutdown_timeout.0;
         let timer = {
             let deadline = deadline.clone();
             tokio::spawn(async move {
+                signalled.cancelled().await;
                 tokio::time::sleep(timeout).await;
                 deadline.cancel();
             })
@@ -312,7 +317,9 @@ impl StreamManager {
             }
         }
         info!(queued = ?self.queue.depth(), "sources stopped; draining the queue");
-        self.finish(delivery, deadline).await?;
+        let stopping = CancellationToken::new();
+        stopping.cancel();
+        self.finish(delivery, deadline, stopping).await?;
         let report = Report::collect(&self.stats, self.sink_status(), started);
         info!(
             delivered = report.topics.values().map(|t| t.delivered).sum::<u64>(),
@@ -323,10 +330,11 @@ impl StreamManager {
     }
 
     fn sink_status(&self) -> SinkStatus {
+        let now = self.sink.readiness();
         SinkStatus {
             name: self.sink.name(),
-            ready: self.started_with.ready,
-            detail: self.started_with.detail.clone(),
+            ready: now.ready,
+            detail: now.detail,
         }
     }
 
@@ -385,7 +393,7 @@ impl StreamManager {
                 break;
             }
         }
-        self.finish(delivery, deadline).await?;
+        self.finish(delivery, deadline, shutdown).await?;
         let mut report = Report::collect(&self.stats, self.sink_status(), started);
         report.not_read = not_read;
         Ok(report)

@@ -405,3 +405,71 @@ async fn ingest_with_no_reachable_broker_fails_fast_and_says_so() {
     );
     assert!(text.contains("nothing was ingested"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_cluster_is_waited_for_when_nobody_asked_ingest_to_stop() {
+    // Every broker answers after 1.5 s; shutdown_timeout is 1 s. The timeout bounds a
+    // requested stop only: an ingest that ends by itself waits for every acknowledgement.
+    let mock = cluster(ALL_TOPICS);
+    for broker in 1..=3 {
+        mock.broker_round_trip_time(broker, Duration::from_millis(1_500))
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::kafka_config(
+        dir.path(),
+        &mock.bootstrap_servers(),
+        "{}",
+        "delivery: {shutdown_timeout: 1s}",
+    );
+    let report = ingest(config, SourceType::NasaFirms, &[real(M6)]).await;
+    assert_eq!(report.topics["wildfire-nasa-firms"].delivered, 5_824);
+    assert_eq!(report.topics["wildfire-nasa-firms"].failed, 0);
+    assert!(
+        report.dead_letters.values().all(|n| *n == 0),
+        "{:?}",
+        report.dead_letters
+    );
+    assert_eq!(
+        read_to_end(&mock.bootstrap_servers(), "wildfire-nasa-firms").len(),
+        5_824
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_with_no_reachable_broker_ends_within_shutdown_timeout() {
+    // Nothing listens on the port: records wait in the producer. A stop must end them within
+    // shutdown_timeout (not message.timeout.ms, 5 min), as dead letters in the local log.
+    let bootstrap = format!("127.0.0.1:{}", common::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::kafka_config(
+        dir.path(),
+        &bootstrap,
+        "{}",
+        &format!(
+            "delivery: {{shutdown_timeout: 2s}}\nsources:\n  firms:\n    type: nasa_firms\n    interval: 1h\n    paths: [{}]\n",
+            serde_json::to_string(&real(M6)).unwrap()
+        ),
+    );
+    config.sink.kafka.as_mut().unwrap().connect_timeout =
+        firestream::config::Dur(Duration::from_secs(1));
+    let manager = StreamManager::new(config).await.unwrap();
+    let stats = manager.stats();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(manager.run(shutdown.clone()));
+    wait(|| stats.stream("firms").snapshot().enqueued == 5_824).await;
+    shutdown.cancel();
+    // Liveness bound only; without the purge of in-flight requests this takes 5 minutes.
+    let report = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the stop ends within the shutdown timeout, not message.timeout.ms")
+        .unwrap()
+        .unwrap();
+    assert!(!report.sink.ready, "{:?}", report.sink);
+    assert_eq!(report.dead_letters["shutdown"], 5_824);
+    assert_eq!(report.dlq_fallback, 5_824);
+    assert_eq!(report.lost, 0);
+    let fallback = envelopes(&dir.path().join("log"), "firestream-dlq");
+    assert_eq!(fallback.len(), 5_824);
+    assert!(fallback.iter().all(|d| d["stage"] == "shutdown"));
+}

@@ -78,7 +78,15 @@ pub fn classify(error: &KafkaError) -> SinkError {
              create it on the cluster"
         }
         "authorization" => "; check the SASL/SSL settings and the ACLs of firestream's principal",
-        "timeout" => "; no broker acknowledged it within message.timeout.ms",
+        "timeout" => {
+            "; no broker acknowledged it within message.timeout.ms. It may still have been \
+             written (a request in flight when the time ran out): look for its id in the topic \
+             before sending it again"
+        }
+        _ if code == RDKafkaErrorCode::PurgeInflight => {
+            "; the shutdown deadline passed while it was in flight. It may have been written: \
+             look for its id in the topic before sending it again"
+        }
         _ => "",
     };
     SinkError {
@@ -134,5 +142,18 @@ mod tests {
             RDKafkaErrorCode::UnknownTopicOrPartition,
         ));
         assert!(e.message.contains("declare the topic"), "{}", e.message);
+        let e = classify(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut,
+        ));
+        assert!(
+            e.message.contains("may still have been written"),
+            "{}",
+            e.message
+        );
+        let e = classify(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::PurgeInflight,
+        ));
+        assert_eq!(e.kind, SHUTDOWN_KIND);
+        assert!(e.message.contains("may have been written"), "{}", e.message);
     }
 }

@@ -58,10 +58,6 @@ const RESERVED: &[(&str, &str)] = &[
         "set sink.kafka.bootstrap_servers instead",
     ),
     (
-        "metadata.broker.list",
-        "set sink.kafka.bootstrap_servers instead",
-    ),
-    (
         "transactional.id",
         "transactional delivery is not in this build yet",
     ),
@@ -78,25 +74,57 @@ const PROBE_DOWN: Duration = Duration::from_secs(2);
 /// How long `submit` waits before offering a message again to a full librdkafka queue.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(2);
 
+/// The one name of a librdkafka setting that has several: aliases, and topic settings
+/// written with a `topic.` prefix. firestream compares and overrides settings by this name;
+/// otherwise two spellings of one setting would both be set and whichever librdkafka
+/// applied last would win, differently from run to run.
+fn canonical(name: &str) -> &str {
+    match name.strip_prefix("topic.").unwrap_or(name) {
+        "request.required.acks" => "acks",
+        "queue.buffering.max.ms" => "linger.ms",
+        "compression.codec" => "compression.type",
+        "metadata.broker.list" => "bootstrap.servers",
+        "message.send.max.retries" => "retries",
+        "max.in.flight.requests.per.connection" => "max.in.flight",
+        "delivery.timeout.ms" => "message.timeout.ms",
+        other => other,
+    }
+}
+
 /// Problems with `sink.kafka.properties`, each naming the property (values of secret
 /// properties are never repeated).
 pub fn check_properties(properties: &KafkaProperties) -> Vec<String> {
     let mut problems = Vec::new();
+    let mut spelled: HashMap<&str, &str> = HashMap::new();
     for (name, value) in &properties.0 {
         let at = format!("sink.kafka.properties.{name}");
-        if let Some((_, why)) = RESERVED.iter().find(|(n, _)| n == name) {
+        let setting = canonical(name);
+        if let Some(first) = spelled.insert(setting, name) {
+            problems.push(format!(
+                "{at}: the same librdkafka setting as sink.kafka.properties.{first}; keep one of them"
+            ));
+        }
+        if let Some((_, why)) = RESERVED.iter().find(|(n, _)| *n == setting) {
             problems.push(format!("{at}: firestream sets this itself; {why}"));
             continue;
         }
-        match name.as_str() {
+        let number = value.trim().parse::<i64>().ok();
+        match setting {
             "enable.idempotence" if value != "true" => problems.push(format!(
                 "{at}: firestream needs the idempotent producer (no duplicates on retry); remove this property"
             )),
-            "acks" | "request.required.acks" if value != "all" && value != "-1" => {
-                problems.push(format!(
-                    "{at}: firestream needs acks=all so an acknowledged record survives a broker failure; remove this property"
-                ))
-            }
+            "acks" if value != "all" && value != "-1" => problems.push(format!(
+                "{at}: firestream needs acks=all so an acknowledged record survives a broker failure; remove this property"
+            )),
+            "retries" if number == Some(0) => problems.push(format!(
+                "{at}: the idempotent producer needs retries > 0; remove this property"
+            )),
+            "max.in.flight" if number.is_some_and(|n| n > 5) => problems.push(format!(
+                "{at}: the idempotent producer allows at most 5 requests in flight per connection; set 1 to 5 or remove this property"
+            )),
+            "message.timeout.ms" if number == Some(0) => problems.push(format!(
+                "{at}: 0 means records wait for a broker forever, so neither a broker outage nor shutdown would ever end them; set a time (default 300000)"
+            )),
             _ => {}
         }
         let mut probe = ClientConfig::new();
@@ -264,10 +292,10 @@ impl Producers {
         }
         let mut config = self.base.clone();
         if lane == Lane::Critical {
-            config.set("linger.ms", "0");
+            set_setting(&mut config, "linger.ms", "0");
         }
         if let Some(codec) = codec {
-            config.set("compression.type", codec.as_str());
+            set_setting(&mut config, "compression.type", codec.as_str());
         }
         let context = SinkContext {
             readiness: self.readiness.clone(),
@@ -385,19 +413,25 @@ impl KafkaSink {
                 .timestamp(message.timestamp_ms)
                 .headers(headers);
         loop {
+            if self.aborting.load(Ordering::Acquire) {
+                return acks.complete(
+                    index,
+                    Err(SinkError::fatal(
+                        SHUTDOWN_KIND,
+                        "not sent: the shutdown deadline passed before it reached the Kafka producer",
+                    )),
+                );
+            }
             match producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                Ok(()) => {
+                    // The deadline may have passed between the check and the send: purge again
+                    // so this message does not wait for message.timeout.ms.
                     if self.aborting.load(Ordering::Acquire) {
-                        drop(back);
-                        return acks.complete(
-                            index,
-                            Err(SinkError::fatal(
-                                SHUTDOWN_KIND,
-                                "not sent: the shutdown deadline passed while the Kafka producer queue was full",
-                            )),
-                        );
+                        producer.purge(PurgeConfig::default().queue());
                     }
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     tokio::time::sleep(QUEUE_FULL_WAIT).await;
                 }
@@ -461,8 +495,9 @@ impl Sink for KafkaSink {
     fn abort_pending(&self) {
         self.aborting.store(true, Ordering::Release);
         for producer in self.producers.all() {
-            // Only what has not left yet: an in-flight request may already be written.
-            producer.purge(PurgeConfig::default().queue());
+            // In flight too, or a dead cluster holds shutdown for message.timeout.ms; those
+            // records' dead letters say they may have been written.
+            producer.purge(PurgeConfig::default().queue().inflight());
         }
     }
 
@@ -493,7 +528,10 @@ impl Sink for KafkaSink {
 fn client_config(kafka: &KafkaSinkConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (name, value) in DEFAULTS {
-        config.set(*name, *value);
+        let overridden = kafka.properties.0.keys().any(|p| canonical(p) == *name);
+        if !overridden {
+            config.set(*name, *value);
+        }
     }
     for (name, value) in &kafka.properties.0 {
         config.set(name, value);
@@ -503,6 +541,20 @@ fn client_config(kafka: &KafkaSinkConfig) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("acks", "all");
     config
+}
+
+/// Sets a setting under its canonical name, removing every other spelling of it.
+fn set_setting(config: &mut ClientConfig, setting: &str, value: &str) {
+    let spellings: Vec<String> = config
+        .config_map()
+        .keys()
+        .filter(|k| canonical(k) == setting)
+        .map(|k| (*k).to_owned())
+        .collect();
+    for name in spellings {
+        config.remove(&name);
+    }
+    config.set(setting, value);
 }
 
 /// The topics firestream creates when missing: those under `topics:`, plus its own DLQ and
@@ -625,6 +677,52 @@ mod tests {
             "{all}"
         );
         assert!(all.contains("properties.linger.ms: Invalid value"), "{all}");
+    }
+
+    #[test]
+    fn aliases_and_topic_prefixes_are_checked_as_the_setting_they_name() {
+        let p = props(&[
+            ("topic.acks", "0"),
+            ("topic.request.required.acks", "1"),
+            ("metadata.broker.list", "x:9092"),
+            ("retries", "0"),
+            ("max.in.flight.requests.per.connection", "10"),
+            ("delivery.timeout.ms", "0"),
+        ]);
+        let all = check_properties(&p).join("\n");
+        for expected in [
+            "properties.topic.acks: firestream needs acks=all",
+            "properties.topic.request.required.acks: firestream needs acks=all",
+            "properties.topic.request.required.acks: the same librdkafka setting as sink.kafka.properties.topic.acks",
+            "properties.metadata.broker.list: firestream sets this itself",
+            "properties.retries: the idempotent producer needs retries > 0",
+            "properties.max.in.flight.requests.per.connection: the idempotent producer allows at most 5",
+            "properties.delivery.timeout.ms: 0 means records wait for a broker forever",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn an_alias_replaces_the_default_it_names() {
+        let kafka = KafkaSinkConfig {
+            bootstrap_servers: "b:9092".into(),
+            properties: props(&[
+                ("queue.buffering.max.ms", "100"),
+                ("compression.codec", "gzip"),
+            ]),
+            connect_timeout: crate::config::Dur(Duration::from_secs(1)),
+        };
+        let c = client_config(&kafka);
+        assert_eq!(c.get("linger.ms"), None);
+        assert_eq!(c.get("queue.buffering.max.ms"), Some("100"));
+        assert_eq!(c.get("compression.type"), None);
+        assert_eq!(c.get("compression.codec"), Some("gzip"));
+        assert_eq!(c.get("partitioner"), Some("murmur2_random"));
+        let mut critical = c.clone();
+        set_setting(&mut critical, "linger.ms", "0");
+        assert_eq!(critical.get("queue.buffering.max.ms"), None);
+        assert_eq!(critical.get("linger.ms"), Some("0"));
     }
 
     #[test]
