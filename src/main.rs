@@ -313,6 +313,12 @@ fn check_paths(paths: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
                     path.display()
                 )));
             }
+            if !path.is_file() {
+                bail!(UsageError(format!(
+                    "{} is not a regular file (a pipe, device or socket); copy it to a file first",
+                    path.display()
+                )));
+            }
             out.push(path);
             continue;
         }

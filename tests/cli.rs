@@ -232,6 +232,25 @@ fn usage_and_config_errors_exit_2_with_a_message() {
         stderr(&out)
     );
 
+    // A device is not a file to backfill: refused, not read as zero rows.
+    let out = firestream(
+        dir.path(),
+        &[
+            "ingest",
+            "-c",
+            cfg,
+            "--source-type",
+            "nasa_firms",
+            "/dev/null",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/dev/null is not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+
     let out = firestream(
         dir.path(),
         &["ingest", "-c", cfg, "--source-type", "firms", "x.csv"],

@@ -130,7 +130,7 @@ impl AlertParser {
         let geometry = feature.get("geometry").filter(|g| !g.is_null()).cloned();
         let location = match &geometry {
             Some(g) => {
-                let (lon, lat) = centroid(g).ok_or("alert geometry has no usable coordinates")?;
+                let (lon, lat) = centroid(g)?;
                 Some(Location::new(lat, lon)?)
             }
             None => None,
@@ -182,37 +182,66 @@ impl AlertParser {
 }
 
 /// Mean of a geometry's vertices as `(lon, lat)`: a representative point for routing, not a
-/// true area centroid. Closing vertices of rings are counted once.
-fn centroid(geometry: &Value) -> Option<(f64, f64)> {
-    fn collect(value: &Value, out: &mut Vec<(f64, f64)>) {
-        if let Some(items) = value.as_array() {
-            if let (Some(lon), Some(lat)) = (
+/// true area centroid. Closing vertices of rings are counted once. A geometry across the
+/// antimeridian (Alaska, the Pacific) is averaged on the side where it lies, not across the
+/// globe. A position that is not `[lon, lat, …]` numbers makes the geometry unusable: a
+/// dropped vertex would silently move the alert.
+fn centroid(geometry: &Value) -> Result<(f64, f64), &'static str> {
+    const BAD: &str = "alert geometry has a position that is not [longitude, latitude] numbers";
+    fn collect(value: &Value, out: &mut Vec<(f64, f64)>) -> Result<(), &'static str> {
+        let items = value.as_array().ok_or(BAD)?;
+        if items.first().is_some_and(|v| !v.is_array()) {
+            return match (
                 items.first().and_then(Value::as_f64),
                 items.get(1).and_then(Value::as_f64),
             ) {
-                out.push((lon, lat));
-                return;
-            }
-            let start = out.len();
-            for item in items {
-                collect(item, out);
-            }
-            // A closed ring repeats its first vertex last.
-            if out.len() - start > 1 && out[start] == out[out.len() - 1] {
-                out.pop();
-            }
+                (Some(lon), Some(lat)) => {
+                    out.push((lon, lat));
+                    Ok(())
+                }
+                _ => Err(BAD),
+            };
         }
+        let start = out.len();
+        for item in items {
+            collect(item, out)?;
+        }
+        // A closed ring repeats its first vertex last.
+        if out.len() - start > 1 && out[start] == out[out.len() - 1] {
+            out.pop();
+        }
+        Ok(())
     }
     let mut points = Vec::new();
-    collect(geometry.get("coordinates")?, &mut points);
+    collect(
+        geometry
+            .get("coordinates")
+            .ok_or("alert geometry has no coordinates")?,
+        &mut points,
+    )?;
     if points.is_empty() {
-        return None;
+        return Err("alert geometry has no usable coordinates");
     }
-    let n = points.len() as f64;
-    let (sum_lon, sum_lat) = points
+    let (min, max) = points
         .iter()
-        .fold((0.0, 0.0), |(a, b), (lon, lat)| (a + lon, b + lat));
-    Some((sum_lon / n, sum_lat / n))
+        .fold((f64::MAX, f64::MIN), |(lo, hi), (lon, _)| {
+            (lo.min(*lon), hi.max(*lon))
+        });
+    let across_antimeridian = max - min > 180.0;
+    let n = points.len() as f64;
+    let (sum_lon, sum_lat) = points.iter().fold((0.0, 0.0), |(a, b), (lon, lat)| {
+        let lon = if across_antimeridian && *lon < 0.0 {
+            lon + 360.0
+        } else {
+            *lon
+        };
+        (a + lon, b + lat)
+    });
+    let mut lon = sum_lon / n;
+    if lon > 180.0 {
+        lon -= 360.0;
+    }
+    Ok((lon, sum_lat / n))
 }
 
 #[cfg(test)]
@@ -223,12 +252,26 @@ mod tests {
     #[test]
     fn centroid_of_closed_ring_counts_each_vertex_once() {
         let square = json!({"type": "Polygon", "coordinates": [[[0.0, 0.0], [2.0, 0.0], [2.0, 2.0], [0.0, 2.0], [0.0, 0.0]]]});
-        assert_eq!(centroid(&square), Some((1.0, 1.0)));
+        assert_eq!(centroid(&square), Ok((1.0, 1.0)));
         let point = json!({"type": "Point", "coordinates": [-120.5, 38.25]});
-        assert_eq!(centroid(&point), Some((-120.5, 38.25)));
+        assert_eq!(centroid(&point), Ok((-120.5, 38.25)));
+        assert!(centroid(&json!({"type": "Polygon", "coordinates": []})).is_err());
+    }
+
+    #[test]
+    fn centroid_across_the_antimeridian_stays_on_its_side() {
+        let ring = json!({"type": "Polygon", "coordinates": [[[179.0, 51.0], [-179.0, 51.0], [-179.0, 53.0], [179.0, 53.0], [179.0, 51.0]]]});
+        assert_eq!(centroid(&ring), Ok((180.0, 52.0)));
+        let ring = json!({"type": "Polygon", "coordinates": [[[179.0, 51.0], [-177.0, 51.0], [-177.0, 53.0], [179.0, 53.0], [179.0, 51.0]]]});
+        assert_eq!(centroid(&ring), Ok((-179.0, 52.0)));
+    }
+
+    #[test]
+    fn a_position_that_is_not_two_numbers_is_an_error_not_a_dropped_vertex() {
+        let ring = json!({"type": "Polygon", "coordinates": [[[-112.0, 33.0], ["x", 33.5], [-111.0, 34.0], [-112.0, 33.0]]]});
         assert_eq!(
-            centroid(&json!({"type": "Polygon", "coordinates": []})),
-            None
+            centroid(&ring),
+            Err("alert geometry has a position that is not [longitude, latitude] numbers")
         );
     }
 

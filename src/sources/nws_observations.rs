@@ -249,11 +249,35 @@ fn convert(q: &Quantity, dim: Dimension) -> Result<Option<f64>, String> {
         _ => return Err(format!("unsupported unitCode {code:?} for this field")),
     };
     // Converted values are rounded to 4 decimals so 7.56 km/h reads 2.1 m/s, not 2.0999…
-    Ok(Some(if converted == value {
+    let converted = if converted == value {
         value
     } else {
         (converted * 1e4).round() / 1e4
-    }))
+    };
+    let (low, high, unit_si) = dim.physical_range();
+    if !(low..=high).contains(&converted) {
+        return Err(format!(
+            "{value} {code} = {converted} {unit_si} is outside the physically possible {low}..{high} {unit_si}; the upstream value or its unit is wrong"
+        ));
+    }
+    Ok(Some(converted))
+}
+
+impl Dimension {
+    /// Bounds no real observation crosses (records: −89.2 °C, 56.7 °C, a 113 m/s gust), so
+    /// a value outside is a broken report or a wrong unit, never weather.
+    fn physical_range(self) -> (f64, f64, &'static str) {
+        match self {
+            Dimension::TemperatureC => (-100.0, 100.0, "°C"),
+            Dimension::SpeedMps => (0.0, 150.0, "m/s"),
+            Dimension::PressurePa => (10_000.0, 120_000.0, "Pa"),
+            Dimension::LengthM => (0.0, 1_000_000.0, "m"),
+            Dimension::PrecipitationMm => (0.0, 1_000.0, "mm"),
+            // MADIS reports relative humidity slightly over 100 in saturated air.
+            Dimension::Percent => (0.0, 105.0, "%"),
+            Dimension::AngleDeg => (0.0, 360.0, "°"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -316,6 +340,33 @@ mod tests {
             err.starts_with("properties.temperature.value: invalid type: string \"22.8\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn impossible_values_are_errors_naming_the_value_and_unit() {
+        use Dimension::*;
+        let err = convert(&q("wmoUnit:K", -10.0), TemperatureC).unwrap_err();
+        assert!(
+            err.starts_with(
+                "-10 wmoUnit:K = -283.15 °C is outside the physically possible -100..100 °C"
+            ),
+            "{err}"
+        );
+        assert!(convert(&q("wmoUnit:degC", -500.0), TemperatureC).is_err());
+        assert!(convert(&q("wmoUnit:degC", 1e308), TemperatureC).is_err());
+        assert!(convert(&q("wmoUnit:percent", 250.0), Percent).is_err());
+        assert!(convert(&q("wmoUnit:m_s-1", -5.6), SpeedMps).is_err());
+        assert!(convert(&q("wmoUnit:degree_(angle)", 361.0), AngleDeg).is_err());
+        // Real extremes pass.
+        assert_eq!(
+            convert(&q("wmoUnit:degC", 56.7), TemperatureC),
+            Ok(Some(56.7))
+        );
+        assert_eq!(
+            convert(&q("wmoUnit:percent", 100.0), Percent),
+            Ok(Some(100.0))
+        );
+        assert_eq!(convert(&q("wmoUnit:m_s-1", 0.0), SpeedMps), Ok(Some(0.0)));
     }
 
     #[test]
