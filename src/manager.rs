@@ -89,7 +89,7 @@ pub struct Report {
     pub lost: u64,
     /// Dead letters the sink refused that went to the local log's DLQ instead.
     pub dlq_fallback: u64,
-    /// The sink and whether it could deliver when the run started.
+    /// The sink and whether it could deliver, as last seen at the end of the run.
     pub sink: SinkStatus,
     /// `ingest` only: files a signal kept from being read to the end (the first may be
     /// partly read; its records so far were delivered).
@@ -317,9 +317,8 @@ impl StreamManager {
             }
         }
         info!(queued = ?self.queue.depth(), "sources stopped; draining the queue");
-        let stopping = CancellationToken::new();
-        stopping.cancel();
-        self.finish(delivery, deadline, stopping).await?;
+        // Stopping was asked for (or delivery died, and then there is nothing to wait for).
+        self.finish(delivery, deadline, shutdown).await?;
         let report = Report::collect(&self.stats, self.sink_status(), started);
         info!(
             delivered = report.topics.values().map(|t| t.delivered).sum::<u64>(),
@@ -356,6 +355,7 @@ impl StreamManager {
                 detail: self.started_with.detail.clone(),
             });
         }
+        target.check(&self.config)?;
         let mut router = Router::new(&self.config);
         let (id, source) = match target {
             IngestTarget::SourceType(t) => {
@@ -365,7 +365,6 @@ impl StreamManager {
                 (id, SourceConfig::defaults_for(t))
             }
             IngestTarget::Source(id) => {
-                IngestTarget::Source(id.clone()).check(&self.config)?;
                 let source = self.config.sources[&id].clone();
                 (id, source)
             }

@@ -28,6 +28,12 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts a usage or configuration error: exit code 2 and `message` on stderr.
+fn assert_usage_error(out: &Output, message: &str) {
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(out));
+    assert!(stderr(out).contains(message), "{}", stderr(out));
+}
+
 fn sink_only_config(dir: &Path) -> PathBuf {
     let config = dir.join("config.yaml");
     std::fs::write(&config, "sink: {type: log, log: {dir: out/log}}\n").unwrap();
@@ -225,12 +231,7 @@ fn usage_and_config_errors_exit_2_with_a_message() {
             "missing.csv",
         ],
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("missing.csv: no such file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_usage_error(&out, "missing.csv: no such file");
 
     // A device is not a file to backfill: refused, not read as zero rows.
     let out = firestream(
@@ -244,23 +245,13 @@ fn usage_and_config_errors_exit_2_with_a_message() {
             "/dev/null",
         ],
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("/dev/null is not a regular file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_usage_error(&out, "/dev/null is not a regular file");
 
     let out = firestream(
         dir.path(),
         &["ingest", "-c", cfg, "--source-type", "firms", "x.csv"],
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("known types: nasa_firms"),
-        "{}",
-        stderr(&out)
-    );
+    assert_usage_error(&out, "known types: nasa_firms");
 
     let out = firestream(dir.path(), &["ingest", "-c", cfg, "x.csv"]);
     assert_eq!(
@@ -274,12 +265,7 @@ fn usage_and_config_errors_exit_2_with_a_message() {
         dir.path(),
         &["ingest", "-c", cfg, "--source", "nope", "data.csv"],
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("unknown source `nope`"),
-        "{}",
-        stderr(&out)
-    );
+    assert_usage_error(&out, "unknown source `nope`");
 
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "sink:\n  type: log\nsourcs: {}\n").unwrap();
@@ -292,20 +278,10 @@ fn usage_and_config_errors_exit_2_with_a_message() {
     );
 
     let out = firestream(dir.path(), &["run", "-c", "nowhere.yaml"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("config file nowhere.yaml not found"),
-        "{}",
-        stderr(&out)
-    );
+    assert_usage_error(&out, "config file nowhere.yaml not found");
 
     let out = firestream(dir.path(), &["run", "-c", cfg]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("no sources configured"),
-        "{}",
-        stderr(&out)
-    );
+    assert_usage_error(&out, "no sources configured");
 
     let out = firestream(&repo("."), &["validate", "-c", "config/demo.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
