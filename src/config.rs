@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::record::{GEOHASH_PRECISION, Priority};
+use crate::secret::Secret;
 use crate::sources::SourceType;
 
 /// Why a config file cannot be used.
@@ -56,6 +57,8 @@ pub struct Config {
     pub topics: BTreeMap<String, TopicConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
     /// The file this came from (for messages); empty for configs built in code.
     #[serde(skip)]
     pub file: PathBuf,
@@ -210,7 +213,7 @@ pub enum FsyncPolicy {
     Never,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     #[serde(rename = "type")]
@@ -232,6 +235,85 @@ pub struct SourceConfig {
     pub high_frp_mw: Option<f64>,
     /// `nws_alerts`: events delivered as `critical`.
     pub critical_events: Option<Vec<String>>,
+
+    // ---- HTTP transport (every type but `mqtt`) ----
+    /// The API's base URL (each type has its public default), or the endpoint for `http`.
+    pub url: Option<String>,
+    /// Per-request timeout (default 30s).
+    pub timeout: Option<Dur>,
+    /// Largest response body accepted (default 64MiB).
+    pub max_body: Option<Size>,
+    /// A response younger than this is not fetched again (default: none).
+    pub cache_ttl: Option<Dur>,
+    /// Retries of a failed request within one poll (default 3).
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub circuit: CircuitConfig,
+    /// Overrides `http.user_agent` (NWS blocks clients without a descriptive one).
+    pub user_agent: Option<String>,
+    /// Extra request headers; values may be `${VAR}` secrets.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+
+    // ---- nasa_firms ----
+    pub map_key: Option<Secret>,
+    /// FIRMS source, e.g. `VIIRS_SNPP_NRT`, `MODIS_NRT`.
+    pub product: Option<String>,
+    /// `[west, south, east, north]` in degrees (FIRMS, PurpleAir, AirNow `/aq/data`).
+    pub bbox: Option<[f64; 4]>,
+    /// FIRMS: days back from today (or from `date`), 1–10.
+    pub day_range: Option<u32>,
+    /// FIRMS: the last day of the range (`YYYY-MM-DD`); default today.
+    pub date: Option<String>,
+
+    // ---- nws_observations / nws_alerts ----
+    /// `nws_observations`: station ids to poll.
+    #[serde(default)]
+    pub stations: Vec<String>,
+    /// `nws_observations`: discover the stations of this state (`CA`) instead.
+    pub state: Option<String>,
+    /// `nws_alerts`: state or marine area code (`CA`, `PZ`).
+    pub area: Option<String>,
+
+    // ---- purpleair / airnow ----
+    pub api_key: Option<Secret>,
+    /// `purpleair`: fields requested (points are charged per field).
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// `purpleair`: only sensors seen within this age.
+    pub max_age: Option<Dur>,
+    /// `purpleair`: a reading older than this against the response time is `stale` (default 1h).
+    pub stale_after: Option<Dur>,
+    /// `airnow`: observation point (with `distance_miles`), when no `bbox` is given.
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub distance_miles: Option<u32>,
+    /// `airnow` with `bbox`: parameters for `/aq/data` (default PM25, OZONE).
+    #[serde(default)]
+    pub parameters: Vec<String>,
+
+    // ---- mqtt ----
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub broker: Option<String>,
+    /// Topic filters subscribed with QoS 1.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Default `firestream-<stream id>`; persistent session so unacked messages come back.
+    pub client_id: Option<String>,
+    /// PEM file of the CA that signed the broker's certificate (`mqtts://`).
+    pub ca_file: Option<PathBuf>,
+    /// How a JSON payload maps to a record (`mqtt`, `http`).
+    pub mapping: Option<FieldMapping>,
+
+    // ---- http ----
+    pub format: Option<HttpFormat>,
+    /// JSON pointer to the array of records (default: the document itself, or `/features`
+    /// for GeoJSON).
+    pub record_pointer: Option<String>,
+    /// JSON pointer to the next page's URL (pagination ends when absent or null).
+    pub next_link: Option<String>,
 }
 
 impl SourceConfig {
@@ -239,16 +321,119 @@ impl SourceConfig {
     pub fn defaults_for(source_type: SourceType) -> Self {
         SourceConfig {
             source_type,
-            mode: ModeKind::default(),
-            interval: None,
-            schedule: None,
-            paths: Vec::new(),
-            topic: None,
-            priority: None,
-            high_frp_mw: None,
-            critical_events: None,
+            ..SourceConfig::default()
         }
     }
+
+    /// Whether the source fetches over HTTP (no `paths`, not MQTT).
+    pub fn is_http(&self) -> bool {
+        self.paths.is_empty() && self.source_type != SourceType::Mqtt
+    }
+}
+
+/// Circuit breaker per source: after `failures` consecutive failed polls the source stops
+/// calling upstream for `cooldown`, then one probe decides whether it closes again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitConfig {
+    #[serde(default = "default_circuit_failures")]
+    pub failures: u32,
+    #[serde(default = "default_circuit_cooldown")]
+    pub cooldown: Dur,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        CircuitConfig {
+            failures: default_circuit_failures(),
+            cooldown: default_circuit_cooldown(),
+        }
+    }
+}
+
+fn default_circuit_failures() -> u32 {
+    5
+}
+
+fn default_circuit_cooldown() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+/// Where a record's fields are in a JSON object: a top-level field name, or a JSON pointer
+/// (`/properties/time`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMapping {
+    /// Event time (RFC 3339, or epoch seconds / milliseconds as a number).
+    pub time: Option<String>,
+    pub lat: Option<String>,
+    pub lon: Option<String>,
+    /// `mqtt`: device id field …
+    pub device_id: Option<String>,
+    /// … or the topic level holding it (0-based), e.g. 1 in `sensors/<device>/data`.
+    pub device_topic_level: Option<usize>,
+    /// `http`: the field that identifies a record (default: a hash of the whole record).
+    pub id: Option<String>,
+    /// `mqtt`: numeric fields kept as measurements (default: every numeric top-level field
+    /// not mapped above).
+    pub measurements: Option<Vec<String>>,
+}
+
+/// Body format of a generic `http` source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpFormat {
+    #[default]
+    Json,
+    Csv,
+    Geojson,
+}
+
+/// Settings shared by every source on one upstream host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Sent with every request unless a source sets its own; say who you are and how to
+    /// reach you (NWS refuses anonymous clients).
+    #[serde(default = "default_user_agent")]
+    pub user_agent: String,
+    /// Per-host limits, keyed by host name; known hosts have defaults (README).
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostConfig>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            user_agent: default_user_agent(),
+            hosts: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_user_agent() -> String {
+    concat!(
+        "firestream/",
+        env!("CARGO_PKG_VERSION"),
+        " (wildfire data ingestion; https://github.com/firestream)"
+    )
+    .to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// At least this long between two requests to the host.
+    pub min_interval: Option<Dur>,
+    /// At most `requests` per `window` (FIRMS: 5000 per 10m per key).
+    pub budget: Option<Budget>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub requests: u32,
+    pub window: Dur,
 }
 
 /// When a stream fetches (DESIGN §1, row 2).

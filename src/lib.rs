@@ -15,6 +15,7 @@ pub mod mode;
 pub mod queue;
 pub mod record;
 pub mod router;
+pub mod secret;
 pub mod sinks;
 pub mod sources;
 pub mod stats;

@@ -18,6 +18,10 @@ use crate::sources::SourceType;
 /// Where critical records are copied unless `routing.critical_topic` says otherwise.
 pub const CRITICAL_TOPIC: &str = "wildfire-critical-alerts";
 
+/// Where a record goes whose type has no default topic and no route; validation requires a
+/// topic for such types (`http`), so only a config built in code can reach it.
+pub const UNROUTED_TOPIC: &str = "firestream-unrouted";
+
 pub struct Router {
     source_topics: HashMap<String, Arc<str>>,
     mappings: Vec<(glob::Pattern, Arc<str>)>,
@@ -50,7 +54,7 @@ impl Router {
             mappings,
             default_topics: SourceType::ALL
                 .iter()
-                .map(|t| (*t, Arc::from(t.default_topic())))
+                .filter_map(|t| Some((*t, Arc::from(t.default_topic()?))))
                 .collect(),
             critical_topic: config.routing.critical_topic.as_deref().map(Arc::from),
             key_precision: config.routing.geohash_key_precision,
@@ -73,7 +77,12 @@ impl Router {
                 return topic.clone();
             }
         }
-        self.default_topics[&source_type].clone()
+        match self.default_topics.get(&source_type) {
+            Some(topic) => topic.clone(),
+            // Validation requires a topic for types without a default (`http`); this is
+            // only reached by a config built in code, so keep the data and make it visible.
+            None => Arc::from(UNROUTED_TOPIC),
+        }
     }
 
     pub fn key(&self, record: &Record) -> String {

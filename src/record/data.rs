@@ -13,6 +13,11 @@ pub enum Data {
     FireDetection(FireDetection),
     WeatherObservation(WeatherObservation),
     WeatherAlert(WeatherAlert),
+    AirQuality(AirQuality),
+    SensorReading(SensorReading),
+    FireIncident(FireIncident),
+    /// A generic `http` record: the upstream object as given.
+    Raw(serde_json::Value),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -133,6 +138,57 @@ pub struct WeatherAlert {
     pub references: Vec<String>,
     /// The alert's GeoJSON geometry, or `None` when it is given by zones only.
     pub geometry: Option<serde_json::Value>,
+}
+
+/// An air-quality measurement (PurpleAir sensor or AirNow monitor).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AirQuality {
+    pub sensor_id: String,
+    /// `purpleair` or `airnow`.
+    pub provider: &'static str,
+    /// What was measured: `pm2_5`, `pm10`, `o3`, … (AirNow); `pm2_5` for PurpleAir.
+    pub parameter: String,
+    pub pm2_5_ugm3: Option<f64>,
+    pub pm2_5_a_ugm3: Option<f64>,
+    pub pm2_5_b_ugm3: Option<f64>,
+    pub pm10_ugm3: Option<f64>,
+    /// Other concentrations by parameter (AirNow: `o3_ppb`, `co_ppm`, …).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub concentrations: BTreeMap<String, f64>,
+    /// US EPA AQI (2024 PM2.5 breakpoints where recomputed).
+    pub aqi: Option<u16>,
+    pub aqi_category: Option<String>,
+    pub temperature_c: Option<f64>,
+    pub relative_humidity_pct: Option<f64>,
+    pub pressure_pa: Option<f64>,
+    pub stale: bool,
+    pub reporting_area: Option<String>,
+}
+
+/// A reading from a field IoT sensor (MQTT).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SensorReading {
+    pub device_id: String,
+    pub topic: String,
+    /// A retained message: the broker's last known value, possibly old.
+    pub retained: bool,
+    pub measurements: BTreeMap<String, f64>,
+}
+
+/// A fire incident as a fire agency lists it (CAL FIRE).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FireIncident {
+    pub incident_id: String,
+    pub name: Option<String>,
+    pub acres_burned: Option<f64>,
+    pub percent_contained: Option<f64>,
+    pub county: Option<String>,
+    #[serde(serialize_with = "optional_time")]
+    pub started: Option<DateTime<Utc>>,
+    /// UTC time of the update, or the date alone when the list gives only a date.
+    pub updated: Option<String>,
+    pub is_active: Option<bool>,
+    pub url: Option<String>,
 }
 
 fn optional_time<S: Serializer>(

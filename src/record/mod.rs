@@ -11,8 +11,8 @@ use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 pub use data::{
-    Confidence, Data, DayNight, DetectionType, FireDetection, Instrument, WeatherAlert,
-    WeatherObservation,
+    AirQuality, Confidence, Data, DayNight, DetectionType, FireDetection, FireIncident,
+    Instrument, SensorReading, WeatherAlert, WeatherObservation,
 };
 
 use crate::sources::SourceType;
@@ -30,6 +30,11 @@ pub enum Kind {
     FireDetection,
     WeatherObservation,
     WeatherAlert,
+    AirQuality,
+    SensorReading,
+    FireIncident,
+    /// A generic `http` source's record, kept as the upstream JSON.
+    Raw,
 }
 
 impl Kind {
@@ -38,6 +43,10 @@ impl Kind {
             Kind::FireDetection => "fire_detection",
             Kind::WeatherObservation => "weather_observation",
             Kind::WeatherAlert => "weather_alert",
+            Kind::AirQuality => "air_quality",
+            Kind::SensorReading => "sensor_reading",
+            Kind::FireIncident => "fire_incident",
+            Kind::Raw => "raw",
         }
     }
 }

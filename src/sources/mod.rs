@@ -23,19 +23,32 @@ use crate::config::SourceConfig;
 use crate::record::{Kind, Record};
 
 /// The connector types this build knows (DESIGN §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceType {
+    #[default]
     NasaFirms,
     NwsObservations,
     NwsAlerts,
+    Purpleair,
+    Airnow,
+    CalfireIncidents,
+    Mqtt,
+    Http,
 }
 
 impl SourceType {
-    pub const ALL: [SourceType; 3] = [
+    pub const ALL: [SourceType; 8] = [
         SourceType::NasaFirms,
         SourceType::NwsObservations,
         SourceType::NwsAlerts,
+        SourceType::Purpleair,
+        SourceType::Airnow,
+        SourceType::CalfireIncidents,
+        SourceType::Mqtt,
+        SourceType::Http,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,15 +56,25 @@ impl SourceType {
             SourceType::NasaFirms => "nasa_firms",
             SourceType::NwsObservations => "nws_observations",
             SourceType::NwsAlerts => "nws_alerts",
+            SourceType::Purpleair => "purpleair",
+            SourceType::Airnow => "airnow",
+            SourceType::CalfireIncidents => "calfire_incidents",
+            SourceType::Mqtt => "mqtt",
+            SourceType::Http => "http",
         }
     }
 
     /// Topic used when neither the source nor a routing rule names one (DESIGN §10).
-    pub fn default_topic(self) -> &'static str {
+    /// `http` has none: its sources must name a topic (checked at validation).
+    pub fn default_topic(self) -> Option<&'static str> {
         match self {
-            SourceType::NasaFirms => "wildfire-nasa-firms",
-            SourceType::NwsObservations => "wildfire-weather-data",
-            SourceType::NwsAlerts => "wildfire-weather-alerts",
+            SourceType::NasaFirms => Some("wildfire-nasa-firms"),
+            SourceType::NwsObservations => Some("wildfire-weather-data"),
+            SourceType::NwsAlerts => Some("wildfire-weather-alerts"),
+            SourceType::Purpleair | SourceType::Airnow => Some("wildfire-air-quality"),
+            SourceType::CalfireIncidents => Some("wildfire-incidents"),
+            SourceType::Mqtt => Some("wildfire-iot-sensors"),
+            SourceType::Http => None,
         }
     }
 
@@ -60,6 +83,10 @@ impl SourceType {
             SourceType::NasaFirms => Kind::FireDetection,
             SourceType::NwsObservations => Kind::WeatherObservation,
             SourceType::NwsAlerts => Kind::WeatherAlert,
+            SourceType::Purpleair | SourceType::Airnow => Kind::AirQuality,
+            SourceType::CalfireIncidents => Kind::FireIncident,
+            SourceType::Mqtt => Kind::SensorReading,
+            SourceType::Http => Kind::Raw,
         }
     }
 }
@@ -211,6 +238,27 @@ pub fn build_parser(source_id: Arc<str>, config: &SourceConfig) -> Arc<dyn Parse
             Arc::new(nws_observations::ObservationParser::new(source_id))
         }
         SourceType::NwsAlerts => Arc::new(nws_alerts::AlertParser::new(source_id, config)),
+        // Filled in as each connector lands (issue #4); refused at validation until then.
+        SourceType::Purpleair
+        | SourceType::Airnow
+        | SourceType::CalfireIncidents
+        | SourceType::Mqtt
+        | SourceType::Http => Arc::new(NotYet(config.source_type)),
+    }
+}
+
+/// WORK IN PROGRESS (#4): replaced by the real parsers before this lands.
+struct NotYet(SourceType);
+
+impl Parser for NotYet {
+    fn parse(
+        &self,
+        _input: &mut dyn BufRead,
+        _out: &mut dyn FnMut(Row) -> bool,
+    ) -> Result<(), PayloadError> {
+        Err(PayloadError::Csv {
+            detail: format!("{} is not available yet", self.0),
+        })
     }
 }
 
