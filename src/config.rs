@@ -933,11 +933,7 @@ fn check_source(id: &str, s: &SourceConfig, problems: &mut Vec<String>) {
             }
         }
     }
-    if s.paths.is_empty() {
-        problems.push(format!(
-            "{at}.paths: no transport configured; list the files to read, e.g. `paths: [\"samples/firms/*.csv\"]` (fetching from a `url` is not available in this build)"
-        ));
-    }
+    crate::transport::http::check_config(&at, s, problems);
     for (i, pattern) in s.paths.iter().enumerate() {
         if let Err(e) = glob::Pattern::new(pattern) {
             problems.push(format!(
@@ -1099,8 +1095,7 @@ topics:
             "sources.alerts.schedule: mode batch needs a schedule",
             "sources.alerts.interval: only for mode real_time",
             "sources.alerts.high_frp_mw: only applies to type nasa_firms, not nws_alerts",
-            "sources.alerts.paths: no transport configured",
-            "sources.obs.paths: no transport configured",
+            "sources.obs.stations: list station ids",
             "sources.obs.topic: \"no spaces allowed\" is not a valid topic name",
             "routing.geohash_key_precision: 9 is outside 1..=5",
             "routing.mappings[0].match: \"[\" is not a valid glob",
@@ -1108,7 +1103,7 @@ topics:
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
-        assert_eq!(problems.len(), 10, "{all}");
+        assert_eq!(problems.len(), 9, "{all}");
     }
 
     #[test]

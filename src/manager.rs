@@ -15,14 +15,16 @@ use crate::config::{Config, SourceConfig};
 use crate::dedupe::DedupeRegistry;
 use crate::delivery::Delivery;
 use crate::dlq::Stage;
+use crate::http::{ApiClients, CircuitBreaker};
 use crate::mode::{Mode, PriorityPolicy};
 use crate::queue::Queue;
 use crate::router::Router;
 use crate::sinks::{self, Readiness, Sink, SinkError};
 use crate::sources::{self, SourceType};
 use crate::stats::{Stats, StreamSnapshot, TopicCounts};
-use crate::stream::Stream;
+use crate::stream::{HttpSource, Stream, Transport};
 use crate::transport::file::FileTransport;
+use crate::transport::http::HttpTransport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -36,6 +38,10 @@ pub enum ManagerError {
     DeliveryFailed { detail: String, queued: usize },
     #[error("the {sink} sink cannot deliver: {detail}; nothing was ingested")]
     SinkNotReady { sink: &'static str, detail: String },
+    #[error("{0}")]
+    Source(String),
+    #[error("cannot start the HTTP client: {0}")]
+    Http(#[from] crate::http::FetchError),
     #[error("unknown source `{id}` in {file}; configured sources: {known}")]
     UnknownSource {
         id: String,
@@ -160,6 +166,8 @@ pub struct StreamManager {
     queue: Arc<Queue>,
     dedupe: Arc<DedupeRegistry>,
     stats: Arc<Stats>,
+    /// One client per upstream host, shared by the sources on it.
+    clients: Arc<ApiClients>,
 }
 
 impl StreamManager {
@@ -174,14 +182,15 @@ impl StreamManager {
             warn!(sink = sinks.main.name(), detail = %readiness.detail, "sink not ready");
         }
         warn_about_unused_settings(&config);
-        let mut manager = Self::with_sink(config, sinks.main);
+        let mut manager = Self::with_sink(config, sinks.main)?;
         manager.dlq_fallback = sinks.dlq_fallback;
         Ok(manager)
     }
 
     /// A manager delivering into an already opened sink.
-    pub fn with_sink(config: Config, sink: Arc<dyn Sink>) -> Self {
-        StreamManager {
+    pub fn with_sink(config: Config, sink: Arc<dyn Sink>) -> Result<Self, ManagerError> {
+        Ok(StreamManager {
+            clients: Arc::new(ApiClients::new(&config.http)?),
             started_with: sink.readiness(),
             dlq_fallback: None,
             queue: Arc::new(Queue::new(
@@ -192,21 +201,58 @@ impl StreamManager {
             stats: Arc::new(Stats::default()),
             sink,
             config,
-        }
+        })
+    }
+
+    /// Request counters, budget and pauses per upstream host.
+    pub fn hosts(&self) -> Vec<crate::http::HostSnapshot> {
+        self.clients.snapshots()
     }
 
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
     }
 
+    /// A file stream over `paths` (`ingest`, or a source with `paths:`).
     fn stream(&self, id: &str, source: &SourceConfig, mode: Mode, paths: Vec<String>) -> Stream {
+        self.stream_over(id, source, mode, Transport::File(FileTransport::new(paths)))
+    }
+
+    /// A configured source's stream, on the transport its config names.
+    fn configured_stream(&self, id: &str, source: &SourceConfig) -> Result<Stream, ManagerError> {
+        let mode = Mode::of(source);
+        if !source.is_http() {
+            return Ok(self.stream(id, source, mode, source.paths.clone()));
+        }
+        let transport = HttpTransport::new(
+            Arc::from(id),
+            source,
+            &self.config.http,
+            self.clients.clone(),
+        )
+        .map_err(|e| ManagerError::Source(e.0))?;
+        let http = HttpSource {
+            transport,
+            breaker: CircuitBreaker::new(source.circuit.failures, source.circuit.cooldown.0),
+            paused_until: None,
+        };
+        Ok(self.stream_over(id, source, mode, Transport::Http(Box::new(http))))
+    }
+
+    fn stream_over(
+        &self,
+        id: &str,
+        source: &SourceConfig,
+        mode: Mode,
+        transport: Transport,
+    ) -> Stream {
         let id: Arc<str> = Arc::from(id);
         Stream {
             parser: sources::build_parser(id.clone(), source),
             id,
             source_type: source.source_type,
             mode,
-            transport: FileTransport::new(paths),
+            transport,
             priority: PriorityPolicy {
                 source_override: source.priority,
                 bulk: mode.is_bulk(),
@@ -298,7 +344,14 @@ impl StreamManager {
         let stop = CancellationToken::new();
         let mut streams = JoinSet::new();
         for (id, source) in &self.config.sources {
-            let stream = self.stream(id, source, Mode::of(source), source.paths.clone());
+            let stream = match self.configured_stream(id, source) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    stop.cancel();
+                    self.finish(delivery, deadline, shutdown).await?;
+                    return Err(e);
+                }
+            };
             streams.spawn(stream.run(stop.child_token()));
         }
         info!(

@@ -23,6 +23,27 @@ pub struct StreamStats {
     pub payload_errors: AtomicU64,
     pub polls_ok: AtomicU64,
     pub polls_failed: AtomicU64,
+    /// Polls not made: circuit open, or the stream paused by upstream.
+    pub polls_skipped: AtomicU64,
+    /// Requests answered "nothing new" (304 or a fresh cached response).
+    pub unchanged: AtomicU64,
+    /// What an operator needs to see about the stream's upstream.
+    pub status: Mutex<UpstreamStatus>,
+}
+
+/// The stream's view of its upstream (DESIGN §5 ApiClient; stream status).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UpstreamStatus {
+    /// `closed`, `open` or `half_open`; `None` for sources without a breaker (files).
+    pub circuit: Option<&'static str>,
+    pub consecutive_failures: u32,
+    /// The last failed fetch (URLs redacted), and its kind.
+    pub last_error: Option<String>,
+    pub last_error_kind: Option<&'static str>,
+    /// Why the stream is not polling (payment required, budget used up), and until when.
+    pub paused: Option<String>,
+    pub last_poll: Option<String>,
+    pub last_success: Option<String>,
 }
 
 /// A point-in-time copy of [`StreamStats`].
@@ -36,6 +57,8 @@ pub struct StreamSnapshot {
     pub payload_errors: u64,
     pub polls_ok: u64,
     pub polls_failed: u64,
+    pub polls_skipped: u64,
+    pub unchanged: u64,
 }
 
 impl StreamStats {
@@ -50,7 +73,17 @@ impl StreamStats {
             payload_errors: get(&self.payload_errors),
             polls_ok: get(&self.polls_ok),
             polls_failed: get(&self.polls_failed),
+            polls_skipped: get(&self.polls_skipped),
+            unchanged: get(&self.unchanged),
         }
+    }
+
+    pub fn status(&self) -> UpstreamStatus {
+        self.status.lock().expect("status lock").clone()
+    }
+
+    pub fn update_status(&self, f: impl FnOnce(&mut UpstreamStatus)) {
+        f(&mut self.status.lock().expect("status lock"));
     }
 }
 

@@ -1,27 +1,55 @@
 //! A stream: one configured source running in its mode. It only fetches, parses, dedupes
 //! and enqueues; delivery happens elsewhere (DESIGN §2, requirement 4).
+//!
+//! Every payload — a file, an HTTP response — goes through the same [`PayloadJob`] on a
+//! blocking thread: parse, dedupe, enqueue, dead-letter what is invalid.
 
-use std::path::Path;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::dedupe::Dedupe;
 use crate::dlq::{DeadLetter, Stage};
+use crate::http::{BreakerState, CircuitBreaker, FetchError};
 use crate::mode::{Mode, PriorityPolicy};
 use crate::queue::Queue;
 use crate::sources::{Parser, Row, SourceType};
 use crate::stats::{Stats, StreamStats};
 use crate::transport::file::{self, FileTransport};
+use crate::transport::http::HttpTransport;
+
+/// Where a stream's payloads come from.
+pub enum Transport {
+    File(FileTransport),
+    Http(Box<HttpSource>),
+}
+
+/// An HTTP-polled source: its requests, its circuit breaker, and a pause set by upstream
+/// (payment required, an expired NWS grid).
+pub struct HttpSource {
+    pub transport: HttpTransport,
+    pub breaker: CircuitBreaker,
+    pub paused_until: Option<Instant>,
+}
+
+/// How long a stream waits after upstream says its account cannot pay (PurpleAir 402):
+/// retrying sooner only burns requests.
+const PAYMENT_PAUSE: Duration = Duration::from_secs(3600);
 
 /// Everything a stream needs; built by the StreamManager from config.
 pub struct Stream {
     pub id: Arc<str>,
     pub source_type: SourceType,
     pub mode: Mode,
-    pub transport: FileTransport,
+    pub transport: Transport,
     pub parser: Arc<dyn Parser>,
     pub priority: PriorityPolicy,
     pub dedupe: Arc<Dedupe>,
@@ -61,12 +89,60 @@ impl Stream {
         .await
     }
 
-    /// Reads every new or changed file once.
+    /// One poll: every new or changed file, or one round of HTTP requests.
     pub async fn poll_once(&mut self, cancel: &CancellationToken) -> PollOutcome {
         let stream_stats = self.stats.stream(&self.id);
+        stream_stats.update_status(|s| s.last_poll = Some(now_text()));
+        match self.transport {
+            Transport::File(_) => self.poll_files(cancel, stream_stats).await,
+            Transport::Http(_) => self.poll_http(cancel, stream_stats).await,
+        }
+    }
+
+    fn job(
+        &self,
+        stream_stats: &Arc<StreamStats>,
+        cancel: &CancellationToken,
+        input: Input,
+        origin: String,
+    ) -> PayloadJob {
+        PayloadJob {
+            stream: self.id.clone(),
+            parser: self.parser.clone(),
+            priority: self.priority,
+            dedupe: self.dedupe.clone(),
+            queue: self.queue.clone(),
+            stats: self.stats.clone(),
+            stream_stats: stream_stats.clone(),
+            cancel: cancel.clone(),
+            input,
+            origin,
+            not_before: None,
+        }
+    }
+
+    /// Runs a job on a blocking thread; a parser panic dead-letters the payload.
+    async fn run_job(&self, job: PayloadJob) -> JobResult {
+        let origin = job.origin.clone();
+        let span = tracing::Span::current();
+        match tokio::task::spawn_blocking(move || span.in_scope(|| job.run())).await {
+            Ok(result) => result,
+            // A parser bug must not take the stream down: the payload is dead-lettered.
+            Err(e) => self.parser_panicked(&origin, e).await,
+        }
+    }
+
+    async fn poll_files(
+        &mut self,
+        cancel: &CancellationToken,
+        stream_stats: Arc<StreamStats>,
+    ) -> PollOutcome {
         let before = stream_stats.snapshot();
         let mut outcome = PollOutcome::default();
-        let found = match self.transport.pending() {
+        let Transport::File(transport) = &self.transport else {
+            return outcome;
+        };
+        let found = match transport.pending() {
             Ok(found) => found,
             Err(e) => {
                 warn!(error = %e, "cannot list input files");
@@ -79,7 +155,10 @@ impl Stream {
                 };
             }
         };
-        for pattern in self.transport.newly_unmatched(&found) {
+        let Transport::File(transport) = &mut self.transport else {
+            return outcome;
+        };
+        for pattern in transport.newly_unmatched(&found) {
             warn!(
                 pattern,
                 "no file matches this path (yet); the stream keeps polling it. Check `paths:` (a directory needs a glob such as dir/*.csv)"
@@ -91,36 +170,28 @@ impl Stream {
                 break;
             }
             outcome.files += 1;
-            let job = FileJob {
-                stream: self.id.clone(),
-                parser: self.parser.clone(),
-                priority: self.priority,
-                dedupe: self.dedupe.clone(),
-                queue: self.queue.clone(),
-                stats: self.stats.clone(),
-                stream_stats: stream_stats.clone(),
-                cancel: cancel.clone(),
-                path: path.clone(),
+            let job = self.job(
+                &stream_stats,
+                cancel,
+                Input::File(path.clone()),
+                display(&path),
+            );
+            let result = self.run_job(job).await;
+            let Transport::File(transport) = &mut self.transport else {
+                return outcome;
             };
-            let span = tracing::Span::current();
-            let result =
-                match tokio::task::spawn_blocking(move || span.in_scope(|| job.run())).await {
-                    Ok(result) => result,
-                    // A parser bug must not take the stream down: the file is dead-lettered.
-                    Err(e) => self.parser_panicked(&path, e).await,
-                };
             match result {
-                FileResult::Done { rows } => {
+                JobResult::Done { rows, .. } => {
                     debug!(file = %path.display(), rows, "file read");
-                    self.transport.mark_read(path, fingerprint);
+                    transport.mark_read(path, fingerprint);
                 }
-                FileResult::Rejected => {
+                JobResult::Rejected => {
                     // Dead-lettered as a whole; not retried until the file changes.
                     outcome.failed_files += 1;
-                    self.transport.mark_read(path, fingerprint);
+                    transport.mark_read(path, fingerprint);
                 }
-                FileResult::Unreadable => outcome.failed_files += 1,
-                FileResult::Interrupted => {
+                JobResult::Unreadable => outcome.failed_files += 1,
+                JobResult::Interrupted => {
                     outcome.interrupted = true;
                     break;
                 }
@@ -149,7 +220,187 @@ impl Stream {
 }
 
 impl Stream {
-    async fn parser_panicked(&self, path: &Path, e: tokio::task::JoinError) -> FileResult {
+    /// One round of requests: skipped while the circuit is open or upstream paused the
+    /// stream; each body parsed like a file; each failure classified, counted, shown in
+    /// the stream's status, and dead-lettered when upstream sent something unusable.
+    async fn poll_http(
+        &mut self,
+        cancel: &CancellationToken,
+        stream_stats: Arc<StreamStats>,
+    ) -> PollOutcome {
+        let mut outcome = PollOutcome::default();
+        let before = stream_stats.snapshot();
+        let Transport::Http(source) = &mut self.transport else {
+            return outcome;
+        };
+        let now = Instant::now();
+        if let Some(until) = source.paused_until {
+            if now < until {
+                stream_stats.polls_skipped.fetch_add(1, Relaxed);
+                return outcome;
+            }
+            source.paused_until = None;
+            stream_stats.update_status(|s| s.paused = None);
+        }
+        if let Err(wait) = source.breaker.permit(now) {
+            debug!(probe_in_s = wait.as_secs(), "circuit open; poll skipped");
+            stream_stats.polls_skipped.fetch_add(1, Relaxed);
+            return outcome;
+        }
+        let fetched = source.transport.fetch().await;
+        stream_stats
+            .unchanged
+            .fetch_add(fetched.unchanged as u64, Relaxed);
+        let mut upstream_failed = false;
+        let mut any_ok = fetched.unchanged > 0;
+        for payload in fetched.payloads {
+            if cancel.is_cancelled() {
+                outcome.interrupted = true;
+                break;
+            }
+            outcome.files += 1;
+            let mut job = self.job(
+                &stream_stats,
+                cancel,
+                Input::Body(payload.body.clone()),
+                payload.origin.clone(),
+            );
+            let Transport::Http(source) = &self.transport else {
+                return outcome;
+            };
+            job.not_before = payload
+                .station
+                .as_deref()
+                .and_then(|s| source.transport.newest_for(s));
+            let result = self.run_job(job).await;
+            let Transport::Http(source) = &mut self.transport else {
+                return outcome;
+            };
+            match result {
+                JobResult::Done { newest, .. } => {
+                    any_ok = true;
+                    source.transport.used(&payload, newest);
+                }
+                JobResult::Rejected | JobResult::Unreadable => {
+                    outcome.failed_files += 1;
+                    upstream_failed = true;
+                }
+                JobResult::Interrupted => {
+                    outcome.interrupted = true;
+                    break;
+                }
+            }
+        }
+        for e in &fetched.failures {
+            outcome.failed_files += 1;
+            upstream_failed |= e.trips_breaker();
+            self.fetch_failed(e, &stream_stats).await;
+        }
+        let Transport::Http(source) = &mut self.transport else {
+            return outcome;
+        };
+        let now = Instant::now();
+        if upstream_failed {
+            let state = source.breaker.record_failure(now);
+            if state == BreakerState::Open {
+                warn!(
+                    failures = source.breaker.consecutive_failures(),
+                    "circuit open: upstream keeps failing; polls are skipped until the cool-down ends, then one probe decides"
+                );
+            }
+        } else if any_ok || fetched.failures.is_empty() {
+            if source.breaker.state(now) != BreakerState::Closed {
+                info!("circuit closed: upstream answered again");
+            }
+            source.breaker.record_success();
+            stream_stats.update_status(|s| s.last_success = Some(now_text()));
+        }
+        let state = source.breaker.state(now);
+        let failures = source.breaker.consecutive_failures();
+        stream_stats.update_status(|s| {
+            s.circuit = Some(state.as_str());
+            s.consecutive_failures = failures;
+        });
+        let after = stream_stats.snapshot();
+        info!(
+            responses = outcome.files,
+            unchanged = fetched.unchanged,
+            failed = outcome.failed_files,
+            new_records = after.enqueued - before.enqueued,
+            duplicates = after.duplicates - before.duplicates,
+            invalid = after.invalid - before.invalid,
+            "poll done"
+        );
+        let counter = if outcome.failed_files == 0 {
+            &stream_stats.polls_ok
+        } else {
+            &stream_stats.polls_failed
+        };
+        counter.fetch_add(1, Relaxed);
+        outcome
+    }
+
+    /// Accounts for a failed request: status, log, a pause when upstream asks for one,
+    /// and a DLQ record (`stage: fetch`) when upstream answered with something unusable.
+    async fn fetch_failed(&mut self, e: &FetchError, stream_stats: &StreamStats) {
+        stream_stats.payload_errors.fetch_add(1, Relaxed);
+        warn!(error_kind = e.kind(), error = %e, "fetch failed");
+        let pause = match e {
+            FetchError::Status { status: 402, .. } => Some((
+                PAYMENT_PAUSE,
+                "upstream says payment is required (API points or credit used up); add credit or request fewer fields or less often",
+            )),
+            FetchError::Problem { problem_type, .. } if problem_type == "ForecastGridExpired" => {
+                Some((
+                    crate::http::NWS_GRID_EXPIRED_COOLDOWN,
+                    "NWS says the forecast grid has expired",
+                ))
+            }
+            FetchError::BudgetExhausted { .. } => None,
+            _ => None,
+        };
+        let paused_text = pause.map(|(wait, why)| {
+            let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+            error!(paused_for_s = wait.as_secs(), "stream paused: {why}");
+            format!(
+                "{why}; polling resumes at {}",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        });
+        if let (Some((wait, _)), Transport::Http(source)) = (pause, &mut self.transport) {
+            source.paused_until = Some(Instant::now() + wait);
+        }
+        stream_stats.update_status(|s| {
+            s.last_error = Some(e.to_string());
+            s.last_error_kind = Some(e.kind());
+            if let FetchError::BudgetExhausted { .. } = e {
+                s.paused = Some(e.to_string());
+            } else if paused_text.is_some() {
+                s.paused = paused_text;
+            }
+        });
+        if e.is_bad_payload() {
+            self.stats.add_dead_letter(Stage::Fetch);
+            let dead = DeadLetter::raw(
+                Stage::Fetch,
+                e.kind(),
+                e.to_string(),
+                self.id.clone(),
+                e.excerpt().unwrap_or_default().to_owned(),
+            );
+            if self.queue.push_dead(dead).await.is_err() {
+                self.stats.dlq_write_failures.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+fn now_text() -> String {
+    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl Stream {
+    async fn parser_panicked(&self, origin: &str, e: tokio::task::JoinError) -> JobResult {
         let detail = match e.try_into_panic() {
             Ok(payload) => payload
                 .downcast_ref::<&str>()
@@ -158,7 +409,7 @@ impl Stream {
                 .unwrap_or_else(|| "unknown panic".to_owned()),
             Err(e) => e.to_string(),
         };
-        error!(file = %path.display(), panic = %detail, "parser failed on this file (a bug: please report it with the file); the file goes to the DLQ");
+        error!(origin, panic = %detail, "parser failed on this payload (a bug: please report it with the payload); it goes to the DLQ");
         self.stats
             .stream(&self.id)
             .payload_errors
@@ -167,7 +418,7 @@ impl Stream {
         let dead = DeadLetter::raw(
             Stage::Parse,
             "parser_panic",
-            format!("{}: parser failed: {detail}", display(path)),
+            format!("{origin}: parser failed: {detail}"),
             self.id.clone(),
             String::new(),
         );
@@ -176,23 +427,31 @@ impl Stream {
                 .dlq_write_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        FileResult::Rejected
+        JobResult::Rejected
     }
 }
 
-enum FileResult {
+enum JobResult {
     Done {
         rows: u64,
+        /// The newest event time among the payload's records.
+        newest: Option<DateTime<Utc>>,
     },
-    /// Not the expected format: one DLQ record for the whole file.
+    /// Not the expected format: one DLQ record for the whole payload.
     Rejected,
     /// Could not be opened or read; tried again on the next poll.
     Unreadable,
     Interrupted,
 }
 
-/// Parses one file on a blocking thread, feeding the queue as it goes.
-struct FileJob {
+/// What a job reads.
+enum Input {
+    File(PathBuf),
+    Body(Bytes),
+}
+
+/// Parses one payload on a blocking thread, feeding the queue as it goes.
+struct PayloadJob {
     stream: Arc<str>,
     parser: Arc<dyn Parser>,
     priority: PriorityPolicy,
@@ -201,22 +460,29 @@ struct FileJob {
     stats: Arc<Stats>,
     stream_stats: Arc<StreamStats>,
     cancel: CancellationToken,
-    path: std::path::PathBuf,
+    input: Input,
+    /// The file path or redacted URL, for messages.
+    origin: String,
+    /// Records with an older event time are not new (`/latest` going backwards).
+    not_before: Option<DateTime<Utc>>,
 }
 
-impl FileJob {
-    fn run(self) -> FileResult {
-        use std::sync::atomic::Ordering::Relaxed;
-        let mut input = match file::open(&self.path) {
-            Ok(input) => input,
-            Err(e) => {
-                warn!(file = %self.path.display(), error = %e, "cannot open input file");
-                self.stream_stats.payload_errors.fetch_add(1, Relaxed);
-                return FileResult::Unreadable;
-            }
+impl PayloadJob {
+    fn run(self) -> JobResult {
+        let (mut input, from_http): (Box<dyn BufRead + Send>, bool) = match &self.input {
+            Input::File(path) => match file::open(path) {
+                Ok(input) => (input, false),
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "cannot open input file");
+                    self.stream_stats.payload_errors.fetch_add(1, Relaxed);
+                    return JobResult::Unreadable;
+                }
+            },
+            Input::Body(body) => (Box::new(std::io::Cursor::new(body.clone())), true),
         };
         let runtime = Handle::current();
         let mut rows = 0u64;
+        let mut newest: Option<DateTime<Utc>> = None;
         let mut stopped = false;
         let result = self.parser.parse(&mut input, &mut |row| {
             if self.cancel.is_cancelled() {
@@ -228,6 +494,12 @@ impl FileJob {
             match row {
                 Row::Valid(mut record) => {
                     self.stream_stats.records.fetch_add(1, Relaxed);
+                    newest = newest.max(Some(record.event_time));
+                    if self.not_before.is_some_and(|t| record.event_time < t) {
+                        // Older than what this upstream already gave: not new.
+                        self.stream_stats.duplicates.fetch_add(1, Relaxed);
+                        return true;
+                    }
                     record.priority = self.priority.apply(record.priority);
                     if !self.dedupe.insert_if_new(record.id, record.ingested_at) {
                         self.stream_stats.duplicates.fetch_add(1, Relaxed);
@@ -251,7 +523,7 @@ impl FileJob {
                     let dead = DeadLetter::raw(
                         Stage::Validate,
                         "invalid_row",
-                        format!("{} {}: {}", display(&self.path), invalid.position, invalid.reason),
+                        format!("{} {}: {}", self.origin, invalid.position, invalid.reason),
                         self.stream.clone(),
                         invalid.raw,
                     );
@@ -265,20 +537,27 @@ impl FileJob {
             true
         });
         match result {
-            Ok(()) if stopped => FileResult::Interrupted,
-            Ok(()) => FileResult::Done { rows },
+            Ok(()) if stopped => JobResult::Interrupted,
+            Ok(()) => JobResult::Done { rows, newest },
             Err(e) => {
                 self.stream_stats.payload_errors.fetch_add(1, Relaxed);
+                // A response that is not the expected format is a failed fetch (DESIGN §5).
                 let (stage, retry) = if e.is_retriable() {
                     (Stage::Fetch, true)
+                } else if from_http {
+                    (Stage::Fetch, false)
                 } else {
                     (Stage::Parse, false)
                 };
-                warn!(file = %self.path.display(), error_kind = e.kind(), error = %e, "input file rejected");
+                warn!(origin = %self.origin, error_kind = e.kind(), error = %e, "payload rejected");
+                self.stream_stats.update_status(|s| {
+                    s.last_error = Some(format!("{}: {e}", self.origin));
+                    s.last_error_kind = Some(e.kind());
+                });
                 let dead = DeadLetter::raw(
                     stage,
                     e.kind(),
-                    format!("{}: {e}", display(&self.path)),
+                    format!("{}: {e}", self.origin),
                     self.stream.clone(),
                     e.excerpt().unwrap_or_default().to_owned(),
                 );
@@ -288,9 +567,9 @@ impl FileJob {
                     error!("queue closed while the stream was still running; dead letter lost");
                 }
                 if retry {
-                    FileResult::Unreadable
+                    JobResult::Unreadable
                 } else {
-                    FileResult::Rejected
+                    JobResult::Rejected
                 }
             }
         }

@@ -309,7 +309,7 @@ impl firestream::sinks::Sink for CrashingSink {
 async fn a_dead_delivery_task_ends_the_ingest_with_an_error_instead_of_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let config = common::config(dir.path(), "queue: {max_records: 10, critical_reserve: 1}");
-    let manager = StreamManager::with_sink(config, std::sync::Arc::new(CrashingSink));
+    let manager = StreamManager::with_sink(config, std::sync::Arc::new(CrashingSink)).unwrap();
     // Liveness bound only: without the supervisor this waits forever on a full queue.
     let result = tokio::time::timeout(
         Duration::from_secs(60),
@@ -354,9 +354,11 @@ async fn a_parser_panic_dead_letters_the_file_and_the_stream_carries_on() {
         id: Arc::from("s"),
         source_type: SourceType::NasaFirms,
         mode: firestream::mode::Mode::Once,
-        transport: firestream::transport::file::FileTransport::new(vec![
-            file.to_string_lossy().into_owned(),
-        ]),
+        transport: firestream::stream::Transport::File(
+            firestream::transport::file::FileTransport::new(vec![
+                file.to_string_lossy().into_owned(),
+            ]),
+        ),
         parser: Arc::new(CrashingParser),
         priority: firestream::mode::PriorityPolicy {
             source_override: None,

@@ -175,7 +175,12 @@ async fn rejected_payload(name: &str, body: &str, t: SourceType) -> Value {
     assert_eq!(totals.rows, 0, "a rejected payload is never parsed as rows");
     assert_eq!(totals.payload_errors, 1);
     assert_eq!(report.dead_letters["parse"], 1);
-    assert!(!dir.path().join("log").join(t.default_topic().unwrap()).exists());
+    assert!(
+        !dir.path()
+            .join("log")
+            .join(t.default_topic().unwrap())
+            .exists()
+    );
     let dlq = envelopes(&dir.path().join("log"), "firestream-dlq");
     assert_eq!(dlq.len(), 1);
     let d = dlq[0].clone();
