@@ -198,23 +198,9 @@ impl Stream {
             }
         }
         if outcome.files > 0 {
-            let after = stream_stats.snapshot();
-            info!(
-                files = outcome.files,
-                failed_files = outcome.failed_files,
-                rows = after.rows - before.rows,
-                new_records = after.enqueued - before.enqueued,
-                duplicates = after.duplicates - before.duplicates,
-                invalid = after.invalid - before.invalid,
-                "poll done"
-            );
+            poll_done(&outcome, 0, &before, &stream_stats);
         }
-        let counter = if outcome.failed_files == 0 {
-            &stream_stats.polls_ok
-        } else {
-            &stream_stats.polls_failed
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        count_poll(&outcome, &stream_stats);
         outcome
     }
 }
@@ -321,22 +307,8 @@ impl Stream {
             s.circuit = Some(state.as_str());
             s.consecutive_failures = failures;
         });
-        let after = stream_stats.snapshot();
-        info!(
-            responses = outcome.files,
-            unchanged = fetched.unchanged,
-            failed = outcome.failed_files,
-            new_records = after.enqueued - before.enqueued,
-            duplicates = after.duplicates - before.duplicates,
-            invalid = after.invalid - before.invalid,
-            "poll done"
-        );
-        let counter = if outcome.failed_files == 0 {
-            &stream_stats.polls_ok
-        } else {
-            &stream_stats.polls_failed
-        };
-        counter.fetch_add(1, Relaxed);
+        poll_done(&outcome, fetched.unchanged, &before, &stream_stats);
+        count_poll(&outcome, &stream_stats);
         outcome
     }
 
@@ -393,6 +365,35 @@ impl Stream {
             }
         }
     }
+}
+
+/// One line per poll with what it brought.
+fn poll_done(
+    outcome: &PollOutcome,
+    unchanged: usize,
+    before: &crate::stats::StreamSnapshot,
+    stream_stats: &StreamStats,
+) {
+    let after = stream_stats.snapshot();
+    info!(
+        payloads = outcome.files,
+        unchanged,
+        failed = outcome.failed_files,
+        rows = after.rows - before.rows,
+        new_records = after.enqueued - before.enqueued,
+        duplicates = after.duplicates - before.duplicates,
+        invalid = after.invalid - before.invalid,
+        "poll done"
+    );
+}
+
+fn count_poll(outcome: &PollOutcome, stream_stats: &StreamStats) {
+    let counter = if outcome.failed_files == 0 {
+        &stream_stats.polls_ok
+    } else {
+        &stream_stats.polls_failed
+    };
+    counter.fetch_add(1, Relaxed);
 }
 
 fn now_text() -> String {

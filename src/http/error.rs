@@ -100,17 +100,19 @@ impl FetchError {
         }
     }
 
-    /// An upstream that answered with something unusable: worth a DLQ record (`stage:
-    /// fetch`) with the excerpt. Unreachable hosts and our own budget are not bad input.
+    /// An upstream that answered with something unusable, or refused the request as we
+    /// made it (4xx): worth a DLQ record (`stage: fetch`) with the excerpt. An outage (5xx,
+    /// 429, unreachable) and our own budget are not bad input: they show in the status.
     pub fn is_bad_payload(&self) -> bool {
-        matches!(
-            self,
-            FetchError::Status { .. }
-                | FetchError::Problem { .. }
-                | FetchError::TooLarge { .. }
-                | FetchError::Truncated { .. }
-                | FetchError::Content { .. }
-        )
+        match self {
+            FetchError::Status { status, .. } | FetchError::Problem { status, .. } => {
+                (400..500).contains(status) && *status != 429
+            }
+            FetchError::TooLarge { .. }
+            | FetchError::Truncated { .. }
+            | FetchError::Content { .. } => true,
+            _ => false,
+        }
     }
 
     /// Counts against the circuit breaker: upstream is failing. Our own budget and a

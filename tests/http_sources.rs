@@ -1,0 +1,315 @@
+//! Polled sources end to end: `firestream run` against a local server replaying real
+//! upstream responses and faults, into a temporary local log. Each test asserts the records,
+//! dead letters and stream status that came out.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::replay::{Replay, Reply};
+use firestream::manager::{Report, StreamManager};
+use firestream::stats::Stats;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the config's streams until `done` says so (or 20 s pass), then stops and drains.
+async fn run_until(
+    config: firestream::config::Config,
+    done: impl Fn(&Stats) -> bool,
+) -> (Report, Arc<Stats>) {
+    let manager = StreamManager::new(config).await.expect("sink opens");
+    let stats = manager.stats();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(manager.run(stop.clone()));
+    let start = Instant::now();
+    while !done(&stats) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "condition not reached; streams: {:?}",
+            stats.streams()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.cancel();
+    let report = run.await.unwrap().expect("run ends cleanly");
+    (report, stats)
+}
+
+fn polls(stats: &Stats, stream: &str) -> u64 {
+    let s = stats.streams().get(stream).copied().unwrap_or_default();
+    s.polls_ok + s.polls_failed + s.polls_skipped
+}
+
+fn dead_letters(log: &std::path::Path) -> Vec<Value> {
+    common::envelopes(log, "firestream-dlq")
+}
+
+fn read(relative: &str) -> Vec<u8> {
+    std::fs::read(common::real(relative)).unwrap()
+}
+
+const FIRMS_KEY: &str = "f1e2d3c4b5a6f1e2d3c4b5a6f1e2d3c4";
+
+fn firms_source(server: &Replay, extra: &str) -> String {
+    format!(
+        "sources:\n  firms_ca:\n    type: nasa_firms\n    interval: 1s\n    url: {}\n    map_key: {FIRMS_KEY}\n    product: VIIRS_NOAA21_NRT\n    bbox: [-124.48, 32.53, -114.13, 42.01]\n    day_range: 1\n    retries: 0\n{extra}",
+        server.base
+    )
+}
+
+const FIRMS_PATH: &str =
+    "/api/area/csv/f1e2d3c4b5a6f1e2d3c4b5a6f1e2d3c4/VIIRS_NOAA21_NRT/-124.48,32.53,-114.13,42.01/1";
+
+#[tokio::test]
+async fn firms_area_api_records_arrive_and_the_key_stays_out_of_the_log() {
+    let server = Replay::start().await;
+    let csv = "firms/area_api_VIIRS_NOAA21_NRT__2026-10-01__first40_transcribed.csv";
+    server.script(FIRMS_PATH, vec![Reply::csv(read(csv))]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(dir.path(), &firms_source(&server, ""));
+    let (report, _) = run_until(config, |s| polls(s, "firms_ca") >= 2).await;
+    let log = dir.path().join("log");
+    let records = common::envelopes(&log, "wildfire-nasa-firms");
+    let expected = common::csv_rows(&common::real(csv)).len();
+    assert_eq!(records.len(), expected);
+    assert!(records.iter().all(|r| r["source_id"] == "firms_ca"));
+    // The second poll brought the same rows: all duplicates, nothing sent twice.
+    let stream = report.streams["firms_ca"];
+    assert_eq!(stream.enqueued, expected as u64);
+    assert!(stream.duplicates >= expected as u64);
+    assert!(dead_letters(&log).is_empty());
+    let first = &server.seen()[0];
+    assert!(first.headers["user-agent"].starts_with("firestream/"));
+}
+
+#[tokio::test]
+async fn an_html_error_page_is_a_fetch_dead_letter_with_its_first_bytes() {
+    let server = Replay::start().await;
+    let page = "<!DOCTYPE html><html><head><title>503 Service Temporarily Unavailable</title></head><body><center><h1>503 Service Temporarily Unavailable</h1></center></body></html>";
+    server.script(FIRMS_PATH, vec![Reply::new(200, "text/html", page)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(dir.path(), &firms_source(&server, ""));
+    let (_, stats) = run_until(config, |s| polls(s, "firms_ca") >= 1).await;
+    let dead = dead_letters(&dir.path().join("log"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["stage"], "fetch");
+    assert_eq!(dead[0]["error_kind"], "html_payload");
+    assert_eq!(dead[0]["source_id"], "firms_ca");
+    assert_eq!(
+        dead[0]["raw_excerpt"],
+        firestream::sources::excerpt(page.as_bytes())
+    );
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert!(!reason.contains(FIRMS_KEY), "{reason}");
+    assert!(
+        reason.contains("/api/area/csv/<redacted>/VIIRS_NOAA21_NRT"),
+        "{reason}"
+    );
+    let status = stats.stream("firms_ca").status();
+    assert_eq!(status.last_error_kind, Some("html_payload"));
+    assert!(!status.last_error.unwrap().contains(FIRMS_KEY));
+}
+
+#[tokio::test]
+async fn invalid_map_key_text_is_a_classified_error_never_zero_rows() {
+    let server = Replay::start().await;
+    server.script(
+        FIRMS_PATH,
+        vec![Reply::new(200, "text/plain", "Invalid MAP_KEY.")],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(dir.path(), &firms_source(&server, ""));
+    let (report, _) = run_until(config, |s| polls(s, "firms_ca") >= 1).await;
+    let dead = dead_letters(&dir.path().join("log"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["stage"], "fetch");
+    assert_eq!(dead[0]["raw_excerpt"], "Invalid MAP_KEY.");
+    assert_eq!(report.streams["firms_ca"].polls_ok, 0);
+    assert_eq!(report.streams["firms_ca"].rows, 0);
+}
+
+#[tokio::test]
+async fn a_header_only_csv_is_no_fires_not_an_error() {
+    let server = Replay::start().await;
+    let csv = read("firms/area_api_VIIRS_NOAA21_NRT__2026-10-01__first40_transcribed.csv");
+    let header = csv.split(|b| *b == b'\n').next().unwrap().to_vec();
+    server.script(
+        FIRMS_PATH,
+        vec![Reply::csv([header, b"\n".to_vec()].concat())],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(dir.path(), &firms_source(&server, ""));
+    let (report, stats) = run_until(config, |s| polls(s, "firms_ca") >= 1).await;
+    let s = report.streams["firms_ca"];
+    assert_eq!((s.rows, s.enqueued, s.payload_errors), (0, 0, 0));
+    assert!(s.polls_ok >= 1);
+    assert!(dead_letters(&dir.path().join("log")).is_empty());
+    assert_eq!(stats.stream("firms_ca").status().circuit, Some("closed"));
+}
+
+#[tokio::test]
+async fn a_failing_upstream_opens_the_circuit_and_polls_stop_until_the_probe() {
+    let server = Replay::start().await;
+    server.script(FIRMS_PATH, vec![Reply::status(500)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(
+        dir.path(),
+        &firms_source(&server, "    circuit: {failures: 2, cooldown: 1h}\n"),
+    );
+    let (report, stats) = run_until(config, |s| polls(s, "firms_ca") >= 4).await;
+    let s = report.streams["firms_ca"];
+    // Two failed polls opened the circuit; the rest were skipped without a request.
+    assert_eq!(s.polls_failed, 2);
+    assert!(s.polls_skipped >= 2);
+    assert_eq!(server.hits(FIRMS_PATH), 2);
+    let status = stats.stream("firms_ca").status();
+    assert_eq!(status.circuit, Some("open"));
+    assert_eq!(status.consecutive_failures, 2);
+    assert_eq!(status.last_error_kind, Some("server_error"));
+    // Server errors are an outage, not bad data: no dead letters.
+    assert!(dead_letters(&dir.path().join("log")).is_empty());
+}
+
+#[tokio::test]
+async fn nws_latest_going_backwards_is_not_new() {
+    let server = Replay::start().await;
+    let newer = read("noaa/stations_KFLL_observations_latest__2022-03-02.json");
+    let doc: Value = serde_json::from_slice(&newer).unwrap();
+    let time = doc["properties"]["timestamp"].as_str().unwrap().to_owned();
+    // The same observation an hour earlier: what `/latest` returns when it goes backwards.
+    let older_time =
+        chrono::DateTime::parse_from_rfc3339(&time).unwrap() - chrono::Duration::hours(1);
+    let older = String::from_utf8(newer.clone())
+        .unwrap()
+        .replace(&time, &older_time.to_rfc3339());
+    server.script(
+        "/stations/KFLL/observations/latest",
+        vec![Reply::json(newer.clone()), Reply::json(older)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(
+        dir.path(),
+        &format!(
+            "sources:\n  obs:\n    type: nws_observations\n    interval: 1s\n    url: {}\n    stations: [KFLL]\n    user_agent: \"(firestream tests, ops@example.org)\"\n",
+            server.base
+        ),
+    );
+    let (report, _) = run_until(config, |s| polls(s, "obs") >= 3).await;
+    let records = common::envelopes(&dir.path().join("log"), "wildfire-weather-data");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        records[0]["event_time"],
+        chrono::DateTime::parse_from_rfc3339(&time)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+    assert_eq!(report.streams["obs"].enqueued, 1);
+    let seen = server.seen();
+    assert_eq!(
+        seen[0].headers["user-agent"],
+        "(firestream tests, ops@example.org)"
+    );
+    assert_eq!(seen[0].headers["accept"], "application/geo+json");
+}
+
+#[tokio::test]
+async fn nws_stations_are_discovered_across_pages() {
+    let server = Replay::start().await;
+    let latest = read("noaa/stations_KFLL_observations_latest__2022-03-02.json");
+    let page = |ids: &[&str], next: Option<String>| {
+        let features: Vec<Value> = ids
+            .iter()
+            .map(|id| serde_json::json!({"type": "Feature", "properties": {"stationIdentifier": id}}))
+            .collect();
+        serde_json::json!({"type": "FeatureCollection", "features": features, "pagination": {"next": next}})
+            .to_string()
+    };
+    // The real API always gives a next link; the last page is the empty one.
+    server.script(
+        "/stations",
+        vec![
+            Reply::json(page(
+                &["KAAA", "KBBB"],
+                Some(format!("{}/stations?state=FL&cursor=2", server.base)),
+            )),
+            Reply::json(page(
+                &["KFLL"],
+                Some(format!("{}/stations?state=FL&cursor=3", server.base)),
+            )),
+            Reply::json(page(
+                &[],
+                Some(format!("{}/stations?state=FL&cursor=4", server.base)),
+            )),
+        ],
+    );
+    for station in ["KAAA", "KBBB", "KFLL"] {
+        server.script(
+            &format!("/stations/{station}/observations/latest"),
+            vec![Reply::json(
+                String::from_utf8(latest.clone())
+                    .unwrap()
+                    .replace("/stations/KFLL\"", &format!("/stations/{station}\"")),
+            )],
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(
+        dir.path(),
+        &format!(
+            "sources:\n  obs_fl:\n    type: nws_observations\n    interval: 1h\n    url: {}\n    state: FL\n",
+            server.base
+        ),
+    );
+    let (_, _) = run_until(config, |s| {
+        s.streams().get("obs_fl").is_some_and(|x| x.enqueued == 3)
+    })
+    .await;
+    assert_eq!(server.hits("/stations"), 3);
+    let records = common::envelopes(&dir.path().join("log"), "wildfire-weather-data");
+    let mut stations: Vec<&str> = records
+        .iter()
+        .map(|r| r["data"]["station_id"].as_str().unwrap())
+        .collect();
+    stations.sort();
+    assert_eq!(stations, ["KAAA", "KBBB", "KFLL"]);
+    assert!(server.seen()[0].target.contains("state=FL"));
+}
+
+#[tokio::test]
+async fn payment_required_pauses_the_stream_with_a_clear_status() {
+    let server = Replay::start().await;
+    let body = r#"{"api_version": "V1.0.11-0.0.42", "time_stamp": 1667674000, "error": "PaymentRequiredError", "description": "Your account has run out of points."}"#;
+    server.script(
+        "/v1/sensors",
+        vec![Reply::new(402, "application/json", body)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let host = server.base.trim_start_matches("http://");
+    let config = common::config(
+        dir.path(),
+        &format!(
+            "http: {{hosts: {{\"{host}\": {{}}}}}}\nsources:\n  pa:\n    type: purpleair\n    interval: 1s\n    url: {}\n    api_key: PA-READ-KEY-0001\n    fields: [name, latitude, longitude, last_seen, pm2.5_atm]\n",
+            server.base
+        ),
+    );
+    let (report, stats) = run_until(config, |s| polls(s, "pa") >= 3).await;
+    assert_eq!(
+        server.hits("/v1/sensors"),
+        1,
+        "a paused stream makes no requests"
+    );
+    let s = report.streams["pa"];
+    assert_eq!(
+        (s.polls_failed, s.polls_skipped),
+        (1, polls(&stats, "pa") - 1)
+    );
+    let status = stats.stream("pa").status();
+    assert_eq!(status.last_error_kind, Some("payment_required"));
+    let paused = status.paused.expect("paused");
+    assert!(paused.contains("payment is required"), "{paused}");
+    // A refused payment is not an outage: the circuit stays closed.
+    assert_eq!(status.circuit, Some("closed"));
+    assert_eq!(server.seen()[0].headers["x-api-key"], "PA-READ-KEY-0001");
+}
