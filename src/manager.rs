@@ -100,6 +100,10 @@ pub struct Report {
     /// `ingest` only: files a signal kept from being read to the end (the first may be
     /// partly read; its records so far were delivered).
     pub not_read: Vec<String>,
+    /// Each polled stream's view of its upstream: circuit, last error, pause.
+    pub upstream: BTreeMap<String, crate::stats::UpstreamStatus>,
+    /// Requests, retries, waits and budget per upstream host.
+    pub hosts: Vec<crate::http::HostSnapshot>,
     pub elapsed_s: f64,
 }
 
@@ -130,6 +134,12 @@ impl Report {
                 .load(std::sync::atomic::Ordering::Relaxed),
             sink,
             not_read: Vec::new(),
+            upstream: stats
+                .upstream()
+                .into_iter()
+                .filter(|(_, s)| s.circuit.is_some())
+                .collect(),
+            hosts: Vec::new(),
             elapsed_s: started.elapsed().as_secs_f64(),
         }
     }
@@ -372,7 +382,30 @@ impl StreamManager {
         info!(queued = ?self.queue.depth(), "sources stopped; draining the queue");
         // Stopping was asked for (or delivery died, and then there is nothing to wait for).
         self.finish(delivery, deadline, shutdown).await?;
-        let report = Report::collect(&self.stats, self.sink_status(), started);
+        let mut report = Report::collect(&self.stats, self.sink_status(), started);
+        report.hosts = self.clients.snapshots();
+        for (stream, status) in &report.upstream {
+            info!(
+                stream,
+                circuit = status.circuit.unwrap_or("none"),
+                consecutive_failures = status.consecutive_failures,
+                last_error = status.last_error.as_deref().unwrap_or(""),
+                paused = status.paused.as_deref().unwrap_or(""),
+                "upstream status"
+            );
+        }
+        for host in &report.hosts {
+            info!(
+                host = %host.host,
+                requests = host.requests,
+                retries = host.retries,
+                not_modified = host.not_modified,
+                cache_hits = host.cache_hits,
+                rate_limited_waits = host.rate_limited_waits,
+                budget_remaining = ?host.budget_remaining,
+                "upstream host"
+            );
+        }
         info!(
             delivered = report.topics.values().map(|t| t.delivered).sum::<u64>(),
             dead_letters = report.dead_letters.values().sum::<u64>(),

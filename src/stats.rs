@@ -126,6 +126,16 @@ impl Stats {
             .collect()
     }
 
+    /// Every stream's upstream status.
+    pub fn upstream(&self) -> BTreeMap<String, UpstreamStatus> {
+        self.streams
+            .lock()
+            .expect("stats lock")
+            .iter()
+            .map(|(id, s)| (id.clone(), s.status()))
+            .collect()
+    }
+
     pub fn add_delivered(&self, topic: &str, n: u64) {
         self.topics
             .lock()

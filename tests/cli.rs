@@ -486,3 +486,39 @@ fn demo_config_runs_writes_as_it_goes_and_stops_cleanly_on_sigterm() {
     assert_eq!(by("firms_viirs"), 40 + 300 + 500);
     assert_eq!(by("firms_archive_backfill"), 300);
 }
+
+#[test]
+fn live_example_config_validates_with_its_keys_and_names_a_missing_one() {
+    let keys = [
+        ("FIRMS_MAP_KEY", "0123456789abcdef0123456789abcdef"),
+        ("PURPLEAIR_API_KEY", "PA-READ-0123456789"),
+        ("AIRNOW_API_KEY", "AN-0123456789"),
+        ("COUNTY_API_TOKEN", "tok-0123456789"),
+    ];
+    let run = |skip: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_firestream"));
+        cmd.args(["validate", "-c", "config/live.example.yaml"])
+            .current_dir(repo("."))
+            .env_remove("RUST_LOG");
+        for (name, value) in keys {
+            if Some(name) == skip {
+                cmd.env_remove(name);
+            } else {
+                cmd.env(name, value);
+            }
+        }
+        cmd.output().expect("firestream runs")
+    };
+    let out = run(None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (_, value) in keys {
+        assert!(!stdout(&out).contains(value) && !stderr(&out).contains(value));
+    }
+    let out = run(Some("FIRMS_MAP_KEY"));
+    assert_usage_error(&out, "environment variable FIRMS_MAP_KEY is not set");
+    assert!(
+        stderr(&out).contains("live.example.yaml:"),
+        "{}",
+        stderr(&out)
+    );
+}
