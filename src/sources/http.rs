@@ -578,3 +578,559 @@ pub(crate) fn type_name(value: &Value) -> &'static str {
         Value::Object(_) => "an object",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::format_event_time;
+    use serde_json::json;
+
+    fn real(path: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/real")
+            .join(path);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn config(format: HttpFormat, pointer: Option<&str>, mapping: FieldMapping) -> SourceConfig {
+        SourceConfig {
+            source_type: SourceType::Http,
+            format: Some(format),
+            record_pointer: pointer.map(str::to_owned),
+            mapping: Some(mapping),
+            topic: Some("wildfire-custom".to_owned()),
+            ..SourceConfig::default()
+        }
+    }
+
+    fn map(
+        time: Option<&str>,
+        lat: Option<&str>,
+        lon: Option<&str>,
+        id: Option<&str>,
+    ) -> FieldMapping {
+        FieldMapping {
+            time: time.map(str::to_owned),
+            lat: lat.map(str::to_owned),
+            lon: lon.map(str::to_owned),
+            id: id.map(str::to_owned),
+            ..FieldMapping::default()
+        }
+    }
+
+    fn parse(config: &SourceConfig, body: &[u8]) -> Result<Vec<Row>, PayloadError> {
+        let parser = HttpParser::new(Arc::from("custom"), config);
+        let mut rows = Vec::new();
+        parser.parse(&mut &body[..], &mut |row| {
+            rows.push(row);
+            true
+        })?;
+        Ok(rows)
+    }
+
+    fn valid(rows: Vec<Row>) -> Vec<Record> {
+        rows.into_iter()
+            .map(|r| match r {
+                Row::Valid(r) => *r,
+                Row::Invalid(i) => panic!("{i:?}"),
+            })
+            .collect()
+    }
+
+    fn invalid(rows: Vec<Row>) -> Vec<Invalid> {
+        rows.into_iter()
+            .filter_map(|r| match r {
+                Row::Invalid(i) => Some(i),
+                Row::Valid(_) => None,
+            })
+            .collect()
+    }
+
+    fn raw(record: &Record) -> &Value {
+        match &record.data {
+            Data::Raw(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A real AirNow `/aq/data` row with its `UTC` replaced.
+    fn airnow_row(utc: Value) -> Vec<u8> {
+        let row = json!({"Latitude": 34.1992, "Longitude": -118.5331, "UTC": utc, "Parameter": "PM2.5", "Unit": "UG/M3", "Value": 2.9, "RawConcentration": 1.2, "AQI": 16, "Category": 1});
+        serde_json::to_vec(&json!([row])).unwrap()
+    }
+
+    #[test]
+    fn a_json_array_keeps_each_record_as_given() {
+        let c = config(
+            HttpFormat::Json,
+            None,
+            map(None, Some("Latitude"), Some("Longitude"), None),
+        );
+        let records =
+            valid(parse(&c, &real("airnow/aq_data_bbox_LA_PM25__2025-01-10.json")).unwrap());
+        assert_eq!(records.len(), 1457);
+        let r = &records[1];
+        assert_eq!(r.kind, Kind::Raw);
+        assert_eq!(r.source_type, SourceType::Http);
+        assert_eq!(&*r.source_id, "custom");
+        assert_eq!(
+            raw(r),
+            &json!({"Latitude": 34.1992, "Longitude": -118.5331, "UTC": "2025-01-10T00:00", "Parameter": "PM2.5", "Unit": "UG/M3", "Value": 2.9, "RawConcentration": 1.2, "AQI": 16, "Category": 1})
+        );
+        let loc = r.location.as_ref().unwrap();
+        assert_eq!((loc.lat, loc.lon), (34.1992, -118.5331));
+        // No time mapped: the moment of parsing.
+        assert_eq!(r.event_time, r.ingested_at);
+        // No id mapped: the canonical JSON, so 1457 distinct rows give 1457 ids.
+        let ids: std::collections::HashSet<_> = records.iter().map(|r| r.id).collect();
+        assert_eq!(ids.len(), 1457);
+    }
+
+    #[test]
+    fn a_time_without_offset_is_invalid_naming_the_field() {
+        // AirNow's real `UTC` has no offset; RFC 3339 needs one.
+        let c = config(HttpFormat::Json, None, map(Some("UTC"), None, None, None));
+        let rows = parse(&c, &real("airnow/aq_data_bbox_LA_PM25__2025-01-10.json")).unwrap();
+        assert_eq!(rows.len(), 1457);
+        let bad = invalid(rows);
+        assert_eq!(bad.len(), 1457);
+        assert_eq!(bad[1].position, "record 2");
+        assert_eq!(
+            bad[1].reason,
+            "time field UTC: \"2025-01-10T00:00\" is not RFC 3339 with an offset or an epoch number"
+        );
+        assert!(bad[1].raw.contains("\"Value\":2.9"), "{}", bad[1].raw);
+    }
+
+    #[test]
+    fn time_as_rfc3339_epoch_seconds_or_milliseconds() {
+        let c = config(HttpFormat::Json, None, map(Some("UTC"), None, None, None));
+        for (utc, expected) in [
+            (json!("2025-01-10T00:00:00-08:00"), "2025-01-10T08:00:00Z"),
+            (json!("2025-01-10T08:00:00Z"), "2025-01-10T08:00:00Z"),
+            (json!(1736496000), "2025-01-10T08:00:00Z"),
+            (json!("1736496000"), "2025-01-10T08:00:00Z"),
+            (json!(1736496000.5), "2025-01-10T08:00:00.500Z"),
+            (json!(1736496000000_i64), "2025-01-10T08:00:00Z"),
+            (json!("1736496000123"), "2025-01-10T08:00:00.123Z"),
+            // Below 1e11 is seconds: 99999999999 s is in the year 5138.
+            (json!(99_999_999_999_i64), "5138-11-16T09:46:39Z"),
+            (json!(0), "1970-01-01T00:00:00Z"),
+        ] {
+            let records = valid(parse(&c, &airnow_row(utc.clone())).unwrap());
+            assert_eq!(format_event_time(&records[0].event_time), expected, "{utc}");
+        }
+        for (utc, reason) in [
+            (Value::Null, "time field UTC is missing"),
+            (json!(""), "time field UTC is missing"),
+            (json!(true), "time field UTC: true is not a time"),
+            (
+                json!(1736496000000000_i64),
+                "time field UTC: 1736496000000000 is not epoch seconds or milliseconds (beyond year 9999)",
+            ),
+        ] {
+            let bad = invalid(parse(&c, &airnow_row(utc.clone())).unwrap());
+            assert_eq!(bad.len(), 1, "{utc}");
+            assert_eq!(bad[0].reason, reason, "{utc}");
+        }
+        // A record without the field at all.
+        let body = br#"[{"Latitude": 34.1992, "Longitude": -118.5331}]"#;
+        let bad = invalid(parse(&c, body).unwrap());
+        assert_eq!(bad[0].reason, "time field UTC is missing");
+    }
+
+    #[test]
+    fn the_99999999999_case_really_is_seconds() {
+        // Guards the threshold itself: 1e11 is the first millisecond value.
+        assert_eq!(
+            format_event_time(&epoch(1e11).unwrap()),
+            "1973-03-03T09:46:40Z"
+        );
+        assert_eq!(
+            format_event_time(&epoch(99_999_999_999.0).unwrap()),
+            "5138-11-16T09:46:39Z"
+        );
+    }
+
+    #[test]
+    fn a_nested_record_pointer_and_pointer_fields() {
+        let c = config(
+            HttpFormat::Json,
+            Some("/features"),
+            map(
+                None,
+                Some("/geometry/coordinates/1"),
+                Some("/geometry/coordinates/0"),
+                Some("/properties/stationIdentifier"),
+            ),
+        );
+        let records = valid(parse(&c, &real("noaa/gridpoints_stations_KCMH_area.json")).unwrap());
+        assert_eq!(records.len(), 41);
+        let kcmh = &records[0];
+        assert_eq!(
+            kcmh.id,
+            RecordId::from_natural_key(SourceType::Http, &["custom", "KCMH"])
+        );
+        let loc = kcmh.location.as_ref().unwrap();
+        assert_eq!((loc.lat, loc.lon), (39.9906999, -82.87691));
+        assert_eq!(
+            raw(kcmh)["properties"]["name"],
+            "John Glenn Columbus International Airport"
+        );
+
+        // A pointer to an object takes it as the one record; epoch seconds from PurpleAir.
+        let c = config(
+            HttpFormat::Json,
+            Some("/sensor"),
+            map(
+                Some("last_seen"),
+                Some("latitude"),
+                Some("longitude"),
+                Some("sensor_index"),
+            ),
+        );
+        let records =
+            valid(parse(&c, &real("purpleair/v1_sensors_131075__2022-11-05.json")).unwrap());
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            format_event_time(&records[0].event_time),
+            "2022-11-05T16:36:02Z"
+        );
+        assert_eq!(
+            records[0].id,
+            RecordId::from_natural_key(SourceType::Http, &["custom", "131075"])
+        );
+        assert_eq!(raw(&records[0])["name"], "Mariners Bluff");
+    }
+
+    #[test]
+    fn a_pointer_to_nothing_or_the_wrong_shape_is_a_payload_error() {
+        let body = real("noaa/gridpoints_stations_KCMH_area.json");
+        let c = config(HttpFormat::Json, Some("/data"), FieldMapping::default());
+        match parse(&c, &body) {
+            Err(PayloadError::UnexpectedJson { detail, excerpt }) => {
+                assert_eq!(detail, "record_pointer \"/data\" resolves to nothing");
+                assert!(excerpt.starts_with("{\n    \"@context\": ["), "{excerpt}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = config(HttpFormat::Json, Some("/type"), FieldMapping::default());
+        match parse(&c, &body) {
+            Err(PayloadError::UnexpectedJson { detail, .. }) => {
+                assert_eq!(
+                    detail,
+                    "record_pointer \"/type\" is a string, not an array of records"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // No pointer, and the document is an object.
+        let c = config(HttpFormat::Json, None, FieldMapping::default());
+        match parse(&c, &body) {
+            Err(PayloadError::UnexpectedJson { detail, .. }) => assert_eq!(
+                detail,
+                "an object, not an array of records; set record_pointer to the array (top-level keys: @context, features, observationStations, pagination, type)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let html = b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>";
+        assert!(matches!(parse(&c, html), Err(PayloadError::Html { .. })));
+        assert!(matches!(
+            parse(&c, b"Too many requests, slow down."),
+            Err(PayloadError::Text { .. })
+        ));
+        assert!(matches!(
+            parse(&c, b"[{\"a\": 1},"),
+            Err(PayloadError::InvalidJson { .. })
+        ));
+        // Elements that are not objects are invalid rows; the rest continue.
+        let rows = parse(&c, b"[{\"a\": 1}, 7]").unwrap();
+        assert_eq!(rows.len(), 2);
+        let bad = invalid(rows);
+        assert_eq!(bad[0].position, "record 2");
+        assert_eq!(bad[0].reason, "record is a number, not an object");
+    }
+
+    #[test]
+    fn geojson_properties_by_name_and_point_locations() {
+        let c = config(
+            HttpFormat::Geojson,
+            None,
+            map(Some("sent"), None, None, Some("id")),
+        );
+        let body = real("noaa/alerts_active_point_33.25_-112.30__2024-07-18.json");
+        let records = valid(parse(&c, &body).unwrap());
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            format_event_time(&records[0].event_time),
+            "2024-07-18T19:47:00Z"
+        );
+        assert_eq!(
+            format_event_time(&records[1].event_time),
+            "2024-07-18T15:13:00Z"
+        );
+        // properties.id, not the feature's URL id.
+        assert_eq!(
+            records[0].id,
+            RecordId::from_natural_key(
+                SourceType::Http,
+                &[
+                    "custom",
+                    "urn:oid:2.49.0.1.840.0.505a7220d91b00eb1d75a3fb4f339f825496a522.004.1"
+                ]
+            )
+        );
+        // Null geometry: no location.
+        assert_eq!(records[0].location, None);
+        assert_eq!(raw(&records[1])["properties"]["event"], "Air Quality Alert");
+
+        // Point geometries become locations when lat/lon are not mapped.
+        let c = config(HttpFormat::Geojson, None, FieldMapping::default());
+        let records = valid(parse(&c, &real("noaa/gridpoints_stations_KCMH_area.json")).unwrap());
+        assert_eq!(records.len(), 41);
+        let loc = records[0].location.as_ref().unwrap();
+        assert_eq!((loc.lat, loc.lon), (39.9906999, -82.87691));
+
+        // Not GeoJSON at all.
+        assert!(matches!(
+            parse(&c, br#"{"type": "Topology"}"#),
+            Err(PayloadError::UnexpectedJson { .. })
+        ));
+    }
+
+    /// Header and first three rows of a real FIRMS MODIS file.
+    const FIRMS: &str = "latitude,longitude,brightness,scan,track,acq_date,acq_time,satellite,confidence,version,bright_t31,frp,daynight
+20.04031,-77.49902,301.84,1.01,1.01,2025-03-25,0228,T,45,6.1NRT,291.75,3.93,N
+20.23616,-76.92883,302.58,1.04,1.02,2025-03-25,0228,T,50,6.1NRT,292.02,4.44,N
+20.47002,-76.11165,304.81,1.12,1.06,2025-03-25,0228,T,29,6.1NRT,292.19,5.87,N
+";
+
+    #[test]
+    fn csv_rows_become_objects_of_text() {
+        let real_head: String = String::from_utf8(real(
+            "firms/MODIS_C6_1_USA_contiguous_and_Hawaii_24h__2025-03-25.csv",
+        ))
+        .unwrap()
+        .lines()
+        .take(4)
+        .map(|l| format!("{l}\n"))
+        .collect();
+        assert_eq!(real_head, FIRMS);
+        let c = config(
+            HttpFormat::Csv,
+            None,
+            map(None, Some("latitude"), Some("longitude"), None),
+        );
+        let records = valid(parse(&c, FIRMS.as_bytes()).unwrap());
+        assert_eq!(records.len(), 3);
+        assert_eq!(
+            raw(&records[0]),
+            &json!({"latitude": "20.04031", "longitude": "-77.49902", "brightness": "301.84", "scan": "1.01", "track": "1.01", "acq_date": "2025-03-25", "acq_time": "0228", "satellite": "T", "confidence": "45", "version": "6.1NRT", "bright_t31": "291.75", "frp": "3.93", "daynight": "N"})
+        );
+        let loc = records[0].location.as_ref().unwrap();
+        assert_eq!((loc.lat, loc.lon), (20.04031, -77.49902));
+
+        // A cut row is invalid with its line; the rest continue.
+        let cut = FIRMS.replace(
+            "302.58,1.04,1.02,2025-03-25,0228,T,50,6.1NRT,292.02,4.44,N",
+            "302.58",
+        );
+        let rows = parse(&c, cut.as_bytes()).unwrap();
+        assert_eq!(rows.len(), 3);
+        let bad = invalid(rows);
+        assert_eq!(bad[0].position, "line 3");
+        assert_eq!(bad[0].reason, "row has 3 field(s), the header has 13");
+        assert_eq!(bad[0].raw, "20.23616,-76.92883,302.58");
+
+        // Out of range is invalid, naming the fields.
+        let far = FIRMS.replace("20.04031,", "120.04031,");
+        let bad = invalid(parse(&c, far.as_bytes()).unwrap());
+        assert_eq!(
+            bad[0].reason,
+            "latitude/longitude: latitude 120.04031 is outside -90..90"
+        );
+
+        // An epoch-seconds column, as text.
+        let c = config(
+            HttpFormat::Csv,
+            None,
+            map(Some("t"), None, None, Some("name")),
+        );
+        let records = valid(parse(&c, b"name,t\nKCMH,1736496000\n").unwrap());
+        assert_eq!(
+            format_event_time(&records[0].event_time),
+            "2025-01-10T08:00:00Z"
+        );
+    }
+
+    #[test]
+    fn csv_that_lacks_a_mapped_column_is_not_this_feed() {
+        let c = config(
+            HttpFormat::Csv,
+            None,
+            map(
+                Some("acq_datetime"),
+                Some("latitude"),
+                Some("longitude"),
+                None,
+            ),
+        );
+        match parse(&c, FIRMS.as_bytes()) {
+            Err(PayloadError::MissingColumns { missing, .. }) => {
+                assert_eq!(missing, "`acq_datetime`")
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&c, b"Invalid MAP_KEY.") {
+            Err(PayloadError::MissingColumns { missing, excerpt }) => {
+                assert_eq!(missing, "`acq_datetime`, `latitude`, `longitude`");
+                assert_eq!(excerpt, "Invalid MAP_KEY.");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&c, b"<html><body>Service Unavailable</body></html>"),
+            Err(PayloadError::Html { .. })
+        ));
+    }
+
+    #[test]
+    fn the_hash_id_ignores_key_order_and_whitespace() {
+        let c = config(HttpFormat::Json, None, FieldMapping::default());
+        let body = br#"[
+            {"Latitude": 34.1992, "Longitude": -118.5331, "UTC": "2025-01-10T00:00", "Value": 2.9, "Category": {"Number": 1, "Name": "Good"}},
+            {"Category": {"Name": "Good", "Number": 1}, "Value": 2.9, "UTC": "2025-01-10T00:00", "Longitude": -118.5331, "Latitude": 34.1992},
+            {"Latitude": 34.1992, "Longitude": -118.5331, "UTC": "2025-01-10T00:00", "Value": 3.0, "Category": {"Number": 1, "Name": "Good"}}
+        ]"#;
+        let records = valid(parse(&c, body).unwrap());
+        assert_eq!(records[0].id, records[1].id);
+        assert_ne!(records[0].id, records[2].id);
+        assert_eq!(
+            canonical_json(raw(&records[1])),
+            r#"{"Category":{"Name":"Good","Number":1},"Latitude":34.1992,"Longitude":-118.5331,"UTC":"2025-01-10T00:00","Value":2.9}"#
+        );
+        assert_eq!(
+            records[0].id,
+            RecordId::from_natural_key(
+                SourceType::Http,
+                &["custom", &canonical_json(raw(&records[1]))]
+            )
+        );
+        // The same payload parsed again gives the same ids.
+        let again = valid(parse(&c, body).unwrap());
+        assert_eq!(again[2].id, records[2].id);
+        // A mapped id that is missing is invalid.
+        let c = config(
+            HttpFormat::Json,
+            None,
+            map(None, None, None, Some("siteId")),
+        );
+        let bad = invalid(parse(&c, body).unwrap());
+        assert_eq!(bad.len(), 3);
+        assert_eq!(bad[0].reason, "id field siteId is missing");
+    }
+
+    #[test]
+    fn next_link_found_null_or_absent() {
+        let stations = real("noaa/gridpoints_stations_KCMH_area.json");
+        let next = next_link(&stations, "/pagination/next").unwrap().unwrap();
+        assert!(
+            next.starts_with("https://api.weather.gov/stations?id%5B0%5D=KAID&"),
+            "{next}"
+        );
+        assert!(next.ends_with("&cursor=eyJzIjo1MDB9"), "{next}");
+        // Absent: the alerts response has no pagination.
+        let alerts = real("noaa/alerts_active_point_33.25_-112.30__2024-07-18.json");
+        assert_eq!(next_link(&alerts, "/pagination/next").unwrap(), None);
+        // Null: the last page.
+        let mut doc: Value = serde_json::from_slice(&stations).unwrap();
+        doc["pagination"]["next"] = Value::Null;
+        let last = serde_json::to_vec(&doc).unwrap();
+        assert_eq!(next_link(&last, "/pagination/next").unwrap(), None);
+        doc["pagination"]["next"] = json!(2);
+        let odd = serde_json::to_vec(&doc).unwrap();
+        match next_link(&odd, "/pagination/next") {
+            Err(PayloadError::UnexpectedJson { detail, .. }) => {
+                assert_eq!(
+                    detail,
+                    "next_link \"/pagination/next\" is a number, not a URL"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            next_link(b"<html><body>oops</body></html>", "/next"),
+            Err(PayloadError::Html { .. })
+        ));
+    }
+
+    #[test]
+    fn check_config_reports_http_problems() {
+        let check = |s: &SourceConfig| {
+            let mut problems = Vec::new();
+            check_config("sources.x", s, &mut problems);
+            problems
+        };
+        let good = config(
+            HttpFormat::Json,
+            Some("/features"),
+            map(
+                Some("/properties/sent"),
+                Some("lat"),
+                Some("lon"),
+                Some("id"),
+            ),
+        );
+        assert_eq!(check(&good), Vec::<String>::new());
+        let mut bad = config(
+            HttpFormat::Json,
+            Some("features"),
+            FieldMapping {
+                time: Some(" ".to_owned()),
+                lat: Some("lat".to_owned()),
+                id: Some("/a~2b".to_owned()),
+                device_id: Some("dev".to_owned()),
+                ..FieldMapping::default()
+            },
+        );
+        bad.topic = None;
+        bad.next_link = Some("/links/next".to_owned());
+        assert_eq!(
+            check(&bad),
+            vec![
+                "sources.x.topic: type http has no default topic; name one, e.g. `topic: wildfire-custom`",
+                "sources.x.record_pointer: \"features\" is not a JSON pointer: it must start with `/` (or be empty)",
+                "sources.x.mapping.time: is empty; name a field, or a JSON pointer such as `/properties/time`",
+                "sources.x.mapping.id: \"/a~2b\" is not a JSON pointer: `~` must be written `~0`, `/` as `~1`",
+                "sources.x.mapping: lat and lon go together; set both or neither",
+                "sources.x.mapping.device_id: only applies to type mqtt, not http",
+            ]
+        );
+        let csv = SourceConfig {
+            next_link: Some("/next".to_owned()),
+            ..config(HttpFormat::Csv, Some("/rows"), FieldMapping::default())
+        };
+        assert_eq!(
+            check(&csv),
+            vec![
+                "sources.x.record_pointer: not used with format csv (every row is a record)",
+                "sources.x.next_link: format csv has no JSON to find a next link in",
+            ]
+        );
+        let calfire = SourceConfig {
+            source_type: SourceType::CalfireIncidents,
+            ..config(HttpFormat::Json, None, FieldMapping::default())
+        };
+        assert_eq!(
+            check(&calfire),
+            vec![
+                "sources.x.format: only applies to type http, not calfire_incidents",
+                "sources.x.mapping: only applies to types mqtt and http, not calfire_incidents",
+            ]
+        );
+        assert_eq!(
+            check(&SourceConfig::defaults_for(SourceType::CalfireIncidents)),
+            Vec::<String>::new()
+        );
+    }
+}
