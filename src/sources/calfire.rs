@@ -67,7 +67,22 @@ impl Parser for CalfireParser {
         let body = read_to_end_capped(input, MAX_DOCUMENT_BYTES)?;
         let doc = json_document(&body, EXPECTED)?;
         let lists: Vec<(Option<&str>, &Vec<Value>)> = match &doc {
-            Value::Array(items) => vec![(None, items)],
+            Value::Array(items) => {
+                // Rows of another feed are a wrong payload, not a list of broken incidents.
+                let looks_like_incident = |item: &Value| {
+                    ["UniqueId", "Updated", "UpdatedDate"]
+                        .iter()
+                        .any(|f| item.get(f).is_some())
+                };
+                if !items.is_empty() && !items.iter().any(looks_like_incident) {
+                    return Err(PayloadError::UnexpectedJson {
+                        detail: "an array without UniqueId, Updated or UpdatedDate in any element"
+                            .to_owned(),
+                        excerpt: excerpt(&body),
+                    });
+                }
+                vec![(None, items)]
+            }
             Value::Object(map) => {
                 let mut lists = Vec::new();
                 for name in LISTS {
@@ -263,21 +278,24 @@ fn first_number(
     fields: &[&'static str],
 ) -> Result<Option<(&'static str, f64)>, String> {
     for field in fields {
-        let value = match obj.get(*field) {
+        let raw = match obj.get(*field) {
             None | Some(Value::Null) => continue,
-            Some(Value::Number(n)) => n.as_f64(),
-            Some(Value::String(s)) => {
-                let cleaned: String = s.trim().trim_end_matches('%').replace(',', "");
+            Some(raw) => raw,
+        };
+        let value = match raw {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => {
+                let cleaned = s.trim().trim_end_matches('%').replace(',', "");
                 if cleaned.trim().is_empty() {
                     continue;
                 }
                 cleaned.trim().parse::<f64>().ok()
             }
-            Some(_) => None,
+            _ => None,
         };
         return match value {
             Some(v) if v.is_finite() => Ok(Some((field, v))),
-            _ => Err(format!("{field} {} is not a number", obj[*field])),
+            _ => Err(format!("{field} {raw} is not a number")),
         };
     }
     Ok(None)
@@ -714,8 +732,16 @@ mod tests {
             .map(|(p, r)| (p.to_string(), r.to_string()))
             .collect();
         assert_eq!(invalid, expected);
-        let inv = only_invalid(b"[42]");
-        assert_eq!(inv.reason, "incident is a number, not an object");
+        let body = serde_json::to_vec(&json!([42, colorado()])).unwrap();
+        let rows = parse(&body).unwrap();
+        match &rows[0] {
+            Row::Invalid(inv) => {
+                assert_eq!(inv.position, "incident 1");
+                assert_eq!(inv.reason, "incident is a number, not an object");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(rows[1], Row::Valid(_)));
     }
 
     #[test]
@@ -751,6 +777,19 @@ mod tests {
             parse(b"\"ok\""),
             Err(PayloadError::UnexpectedJson { .. })
         ));
+        // Another feed's rows (real AirNow observations) are not incidents with faults.
+        let airnow = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/real/airnow/observation_latLong_current__2020-12-20_LA.json"),
+        )
+        .unwrap();
+        match parse(&airnow) {
+            Err(PayloadError::UnexpectedJson { detail, .. }) => assert_eq!(
+                detail,
+                "an array without UniqueId, Updated or UpdatedDate in any element"
+            ),
+            other => panic!("{other:?}"),
+        }
         // An empty list is no fires, not an error.
         assert_eq!(parse(b"[]").unwrap().len(), 0);
     }
