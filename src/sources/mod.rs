@@ -8,7 +8,9 @@
 //! Adding a connector: a new file here, a variant in [`SourceType`], a line in
 //! [`build_parser`].
 
+pub mod calfire;
 mod geojson;
+pub mod http;
 pub mod nasa_firms;
 pub mod nws_alerts;
 pub mod nws_observations;
@@ -238,12 +240,12 @@ pub fn build_parser(source_id: Arc<str>, config: &SourceConfig) -> Arc<dyn Parse
             Arc::new(nws_observations::ObservationParser::new(source_id))
         }
         SourceType::NwsAlerts => Arc::new(nws_alerts::AlertParser::new(source_id, config)),
+        SourceType::CalfireIncidents => Arc::new(calfire::CalfireParser::new(source_id, config)),
+        SourceType::Http => Arc::new(http::HttpParser::new(source_id, config)),
         // Filled in as each connector lands (issue #4); refused at validation until then.
-        SourceType::Purpleair
-        | SourceType::Airnow
-        | SourceType::CalfireIncidents
-        | SourceType::Mqtt
-        | SourceType::Http => Arc::new(NotYet(config.source_type)),
+        SourceType::Purpleair | SourceType::Airnow | SourceType::Mqtt => {
+            Arc::new(NotYet(config.source_type))
+        }
     }
 }
 
