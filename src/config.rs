@@ -934,6 +934,7 @@ fn check_source(id: &str, s: &SourceConfig, problems: &mut Vec<String>) {
         }
     }
     crate::transport::http::check_config(&at, s, problems);
+    crate::sources::http::check_config(&at, s, problems);
     for (i, pattern) in s.paths.iter().enumerate() {
         if let Err(e) = glob::Pattern::new(pattern) {
             problems.push(format!(

@@ -165,30 +165,9 @@ pub fn next_link(body: &[u8], pointer: &str) -> Result<Option<String>, PayloadEr
 
 /// Config problems of the `http` settings; also flags them on types they do not apply to.
 pub fn check_config(at: &str, s: &SourceConfig, problems: &mut Vec<String>) {
+    // Settings set on another type are reported by the transport's check.
     if s.source_type != SourceType::Http {
-        for (field, set) in [
-            ("format", s.format.is_some()),
-            ("record_pointer", s.record_pointer.is_some()),
-            ("next_link", s.next_link.is_some()),
-        ] {
-            if set {
-                problems.push(format!(
-                    "{at}.{field}: only applies to type http, not {}",
-                    s.source_type
-                ));
-            }
-        }
-        if s.source_type == SourceType::CalfireIncidents && s.mapping.is_some() {
-            problems.push(format!(
-                "{at}.mapping: only applies to types mqtt and http, not calfire_incidents"
-            ));
-        }
         return;
-    }
-    if s.topic.is_none() {
-        problems.push(format!(
-            "{at}.topic: type http has no default topic; name one, e.g. `topic: wildfire-custom`"
-        ));
     }
     for (field, pointer) in [
         ("record_pointer", &s.record_pointer),

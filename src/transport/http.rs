@@ -640,14 +640,9 @@ pub fn check_config(at: &str, s: &SourceConfig, problems: &mut Vec<String>) {
                 )),
             }
         }
-        SourceType::Http => {
-            if s.topic.is_none() {
-                problems.push(format!(
-                    "{at}.topic: type http has no default topic; name one, e.g. `topic: wildfire-raw-feed`"
-                ));
-            }
-        }
-        SourceType::CalfireIncidents | SourceType::Mqtt => {}
+        SourceType::Http
+        | SourceType::CalfireIncidents
+        | SourceType::Mqtt => {}
     }
 }
 
