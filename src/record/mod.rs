@@ -1,6 +1,7 @@
 //! The record envelope `firestream.record.v1` (DESIGN §3): one shape for every feed, so a
 //! consumer reads fire detections, weather and alerts with one schema.
 
+pub mod aqi;
 mod data;
 
 use std::fmt;
@@ -11,8 +12,8 @@ use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 pub use data::{
-    AirQuality, Confidence, Data, DayNight, DetectionType, FireDetection, FireIncident,
-    Instrument, SensorReading, WeatherAlert, WeatherObservation,
+    AirQuality, Confidence, Data, DayNight, DetectionType, FireDetection, FireIncident, Instrument,
+    SensorReading, WeatherAlert, WeatherObservation,
 };
 
 use crate::sources::SourceType;
