@@ -12,6 +12,7 @@ mod geojson;
 pub mod nasa_firms;
 pub mod nws_alerts;
 pub mod nws_observations;
+pub mod purpleair;
 
 use std::fmt;
 use std::io::BufRead;
@@ -238,12 +239,11 @@ pub fn build_parser(source_id: Arc<str>, config: &SourceConfig) -> Arc<dyn Parse
             Arc::new(nws_observations::ObservationParser::new(source_id))
         }
         SourceType::NwsAlerts => Arc::new(nws_alerts::AlertParser::new(source_id, config)),
+        SourceType::Purpleair => Arc::new(purpleair::PurpleAirParser::new(source_id, config)),
         // Filled in as each connector lands (issue #4); refused at validation until then.
-        SourceType::Purpleair
-        | SourceType::Airnow
-        | SourceType::CalfireIncidents
-        | SourceType::Mqtt
-        | SourceType::Http => Arc::new(NotYet(config.source_type)),
+        SourceType::Airnow | SourceType::CalfireIncidents | SourceType::Mqtt | SourceType::Http => {
+            Arc::new(NotYet(config.source_type))
+        }
     }
 }
 
@@ -320,6 +320,37 @@ pub(crate) fn read_to_end_capped(
         ))));
     }
     Ok(body)
+}
+
+/// Reads a whole JSON payload (capped), classifying a body that is not JSON at all: empty,
+/// HTML, plain text or broken JSON. Returns the bytes too, for excerpts in later errors.
+pub(crate) fn read_json(
+    input: &mut dyn BufRead,
+    cap: u64,
+    expected: &'static str,
+) -> Result<(Vec<u8>, serde_json::Value), PayloadError> {
+    let body = read_to_end_capped(input, cap)?;
+    if let Some(err) = sniff_non_data(&body, expected) {
+        return Err(err);
+    }
+    let json = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
+    match serde_json::from_slice(json) {
+        Ok(doc) => Ok((body, doc)),
+        Err(e) => {
+            let first = json.iter().find(|b| !b.is_ascii_whitespace());
+            Err(if first.is_some_and(|b| !b"{[".contains(b)) {
+                PayloadError::Text {
+                    expected,
+                    excerpt: excerpt(&body),
+                }
+            } else {
+                PayloadError::InvalidJson {
+                    detail: e.to_string(),
+                    excerpt: excerpt(&body),
+                }
+            })
+        }
+    }
 }
 
 #[cfg(test)]
