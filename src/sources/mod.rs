@@ -8,6 +8,7 @@
 //! Adding a connector: a new file here, a variant in [`SourceType`], a line in
 //! [`build_parser`].
 
+pub mod airnow;
 mod geojson;
 pub mod nasa_firms;
 pub mod nws_alerts;
@@ -240,8 +241,9 @@ pub fn build_parser(source_id: Arc<str>, config: &SourceConfig) -> Arc<dyn Parse
         }
         SourceType::NwsAlerts => Arc::new(nws_alerts::AlertParser::new(source_id, config)),
         SourceType::Purpleair => Arc::new(purpleair::PurpleAirParser::new(source_id, config)),
+        SourceType::Airnow => Arc::new(airnow::AirNowParser::new(source_id, config)),
         // Filled in as each connector lands (issue #4); refused at validation until then.
-        SourceType::Airnow | SourceType::CalfireIncidents | SourceType::Mqtt | SourceType::Http => {
+        SourceType::CalfireIncidents | SourceType::Mqtt | SourceType::Http => {
             Arc::new(NotYet(config.source_type))
         }
     }
