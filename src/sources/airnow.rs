@@ -930,6 +930,35 @@ mod tests {
     }
 
     #[test]
+    fn odd_values_in_any_field_give_one_row_not_a_panic() {
+        let odd_values = [
+            "null",
+            "true",
+            "\"x\"",
+            "\" \"",
+            "-1",
+            "-999",
+            "1e308",
+            "-1e308",
+            "1.5",
+            "24",
+            "[]",
+            "{}",
+            "18446744073709551615",
+        ];
+        for row in [real_row(CLASSIC, 1), real_row(V2, 1), real_row(LA, 4)] {
+            for key in row.as_object().unwrap().keys() {
+                for odd in odd_values {
+                    let mut edited = row.clone();
+                    edited[key] = serde_json::from_str(odd).unwrap();
+                    let rows = parse(&Value::Array(vec![edited]).to_string()).unwrap();
+                    assert_eq!(rows.len(), 1, "{key} = {odd}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn error_documents_and_non_arrays_are_classified() {
         let err = parse(r#"{"WebServiceError":[{"Message":"Invalid API key"}]}"#).unwrap_err();
         match &err {

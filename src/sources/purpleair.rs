@@ -1005,6 +1005,51 @@ mod tests {
         assert!(err.to_string().contains("data_time_stamp"), "{err}");
     }
 
+    /// Values of every wrong kind in every field: always one row per input row, never a panic.
+    const ODD_VALUES: [&str; 10] = [
+        "null",
+        "true",
+        "\"x\"",
+        "-1",
+        "1e308",
+        "-1e308",
+        "1.5",
+        "[]",
+        "{}",
+        "18446744073709551615",
+    ];
+
+    #[test]
+    fn odd_values_in_any_field_give_rows_not_panics() {
+        for i in 0..10 {
+            for odd in ODD_VALUES {
+                let text =
+                    san_juan_edited(|doc| doc["data"][0][i] = serde_json::from_str(odd).unwrap());
+                let rows = parse(&text).unwrap();
+                assert_eq!(rows.len(), 7, "field {i} = {odd}");
+            }
+        }
+        for file in [
+            "purpleair/v1_sensors_131075__2022-11-05.json",
+            "iot/purpleair_local_json_PA-II_dual__2026-05-17.json",
+        ] {
+            let doc: Value = serde_json::from_str(&real(file)).unwrap();
+            let object = doc.get("sensor").unwrap_or(&doc).as_object().unwrap();
+            for key in object.keys() {
+                for odd in ODD_VALUES {
+                    let mut edited = doc.clone();
+                    let target = match edited.get_mut("sensor") {
+                        Some(sensor) => sensor,
+                        None => &mut edited,
+                    };
+                    target[key] = serde_json::from_str(odd).unwrap();
+                    let rows = parse(&edited.to_string()).unwrap();
+                    assert_eq!(rows.len(), 1, "{file}: {key} = {odd}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn config_checks() {
         let check = |s: &SourceConfig| {
