@@ -126,7 +126,7 @@ impl Parser for PurpleAirParser {
                 "not a JSON object (PurpleAir answers with an object)".to_owned(),
             ));
         };
-        if let Some(error) = top.get("error") {
+        if let Some(error) = top.get("error").filter(|e| !e.is_null()) {
             // PurpleAir's error document, e.g. ApiKeyInvalidError, PaymentRequiredError.
             let code = error
                 .as_str()
@@ -146,14 +146,14 @@ impl Parser for PurpleAirParser {
             let response_time = response_time(top).map_err(&unexpected)?;
             return self.parse_list(top, response_time, out).map_err(unexpected);
         }
-        if let Some(sensor) = top.get("sensor") {
+        if let Some(raw) = top.get("sensor") {
             let response_time = response_time(top).map_err(&unexpected)?;
-            let Value::Object(sensor) = sensor else {
+            let Value::Object(sensor) = raw else {
                 return Err(unexpected("`sensor` is not an object".to_owned()));
             };
             let fields: Fields = sensor.iter().map(|(k, v)| (k.as_str(), v)).collect();
             let row = self.api_row(&fields, response_time).map_or_else(
-                |reason| invalid("sensor 1", reason, &Value::Object(sensor.clone())),
+                |reason| invalid("sensor 1", reason, raw),
                 |r| Row::Valid(Box::new(r)),
             );
             out(row);
