@@ -1,6 +1,7 @@
 //! The record envelope `firestream.record.v1` (DESIGN §3): one shape for every feed, so a
 //! consumer reads fire detections, weather and alerts with one schema.
 
+pub mod aqi;
 mod data;
 
 use std::fmt;

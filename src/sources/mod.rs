@@ -8,12 +8,14 @@
 //! Adding a connector: a new file here, a variant in [`SourceType`], a line in
 //! [`build_parser`].
 
+pub mod airnow;
 pub mod calfire;
 mod geojson;
 pub mod http;
 pub mod nasa_firms;
 pub mod nws_alerts;
 pub mod nws_observations;
+pub mod purpleair;
 
 use std::fmt;
 use std::io::BufRead;
@@ -242,8 +244,10 @@ pub fn build_parser(source_id: Arc<str>, config: &SourceConfig) -> Arc<dyn Parse
         SourceType::NwsAlerts => Arc::new(nws_alerts::AlertParser::new(source_id, config)),
         SourceType::CalfireIncidents => Arc::new(calfire::CalfireParser::new(source_id, config)),
         SourceType::Http => Arc::new(http::HttpParser::new(source_id, config)),
+        SourceType::Purpleair => Arc::new(purpleair::PurpleAirParser::new(source_id, config)),
+        SourceType::Airnow => Arc::new(airnow::AirNowParser::new(source_id, config)),
         // Filled in as each connector lands (issue #4); refused at validation until then.
-        SourceType::Purpleair | SourceType::Airnow | SourceType::Mqtt => {
+        SourceType::Mqtt => {
             Arc::new(NotYet(config.source_type))
         }
     }
@@ -322,6 +326,37 @@ pub(crate) fn read_to_end_capped(
         ))));
     }
     Ok(body)
+}
+
+/// Reads a whole JSON payload (capped), classifying a body that is not JSON at all: empty,
+/// HTML, plain text or broken JSON. Returns the bytes too, for excerpts in later errors.
+pub(crate) fn read_json(
+    input: &mut dyn BufRead,
+    cap: u64,
+    expected: &'static str,
+) -> Result<(Vec<u8>, serde_json::Value), PayloadError> {
+    let body = read_to_end_capped(input, cap)?;
+    if let Some(err) = sniff_non_data(&body, expected) {
+        return Err(err);
+    }
+    let json = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
+    match serde_json::from_slice(json) {
+        Ok(doc) => Ok((body, doc)),
+        Err(e) => {
+            let first = json.iter().find(|b| !b.is_ascii_whitespace());
+            Err(if first.is_some_and(|b| !b"{[".contains(b)) {
+                PayloadError::Text {
+                    expected,
+                    excerpt: excerpt(&body),
+                }
+            } else {
+                PayloadError::InvalidJson {
+                    detail: e.to_string(),
+                    excerpt: excerpt(&body),
+                }
+            })
+        }
+    }
 }
 
 #[cfg(test)]
