@@ -13,6 +13,7 @@ pub mod dlq;
 pub mod manager;
 pub mod mode;
 pub mod queue;
+pub mod receipt;
 pub mod record;
 pub mod router;
 pub mod secret;
