@@ -314,7 +314,15 @@ mod tests {
                 self.dead_letters.fetch_add(batch.len(), Ordering::SeqCst);
                 let ok = batch
                     .into_iter()
-                    .map(|m| (m, Ok(Delivered { partition: 0, offset: 0 })))
+                    .map(|m| {
+                        (
+                            m,
+                            Ok(Delivered {
+                                partition: 0,
+                                offset: 0,
+                            }),
+                        )
+                    })
                     .collect();
                 return futures::future::ready(ok).boxed();
             }
@@ -326,7 +334,10 @@ mod tests {
                     .into_iter()
                     .map(|m| {
                         let result = if deliver {
-                            Ok(Delivered { partition: 0, offset: 0 })
+                            Ok(Delivered {
+                                partition: 0,
+                                offset: 0,
+                            })
                         } else {
                             Err(SinkError::fatal("message_too_large", "refused by the test"))
                         };

@@ -528,7 +528,8 @@ mod tests {
 
         q.close();
         let (r2, fired2) = crate::receipt::tests::counted();
-        let Err(Closed((record, receipt))) = q.push_with_receipt(record(3, Priority::Low), r2).await
+        let Err(Closed((record, receipt))) =
+            q.push_with_receipt(record(3, Priority::Low), r2).await
         else {
             panic!("a closed queue must hand the record back");
         };

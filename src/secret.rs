@@ -54,10 +54,7 @@ impl<'de> Deserialize<'de> for Secret {
 
 /// Expands `${VAR}`, `${VAR:-default}` and `${VAR:?message}` in `text`. `$$` is a literal
 /// `$`. An unset variable without a default is an error naming it (never its value).
-pub fn expand_env(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<String, String> {
+pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('$') {
@@ -82,11 +79,7 @@ pub fn expand_env(
             Some(j) => (&expr[..j], Some((&expr[j..j + 2], &expr[j + 2..]))),
             None => (expr, None),
         };
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(format!(
                 "`${{{expr}}}` is not a variable reference; names are letters, digits and `_`"
             ));
@@ -146,7 +139,10 @@ mod tests {
         assert_eq!(expand_env("k=${KEY}&x", env).unwrap(), "k=abc123&x");
         assert_eq!(expand_env("${NOPE:-dflt}", env).unwrap(), "dflt");
         assert_eq!(expand_env("${EMPTY:-dflt}", env).unwrap(), "dflt");
-        assert_eq!(expand_env("plain $5 and $$", env).unwrap(), "plain $5 and $");
+        assert_eq!(
+            expand_env("plain $5 and $$", env).unwrap(),
+            "plain $5 and $"
+        );
     }
 
     #[test]

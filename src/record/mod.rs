@@ -11,8 +11,8 @@ use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 pub use data::{
-    AirQuality, Confidence, Data, DayNight, DetectionType, FireDetection, FireIncident,
-    Instrument, SensorReading, WeatherAlert, WeatherObservation,
+    AirQuality, Confidence, Data, DayNight, DetectionType, FireDetection, FireIncident, Instrument,
+    SensorReading, WeatherAlert, WeatherObservation,
 };
 
 use crate::sources::SourceType;

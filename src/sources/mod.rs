@@ -9,6 +9,7 @@
 //! [`build_parser`].
 
 mod geojson;
+pub mod mqtt;
 pub mod nasa_firms;
 pub mod nws_alerts;
 pub mod nws_observations;
