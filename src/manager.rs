@@ -23,6 +23,7 @@ use crate::sources::{self, SourceType};
 use crate::stats::{Stats, StreamSnapshot, TopicCounts};
 use crate::stream::Stream;
 use crate::transport::file::FileTransport;
+use crate::transport::mqtt::MqttTransport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -201,12 +202,16 @@ impl StreamManager {
 
     fn stream(&self, id: &str, source: &SourceConfig, mode: Mode, paths: Vec<String>) -> Stream {
         let id: Arc<str> = Arc::from(id);
+        let mqtt = (source.source_type == SourceType::Mqtt).then(|| {
+            MqttTransport::new(id.clone(), source, self.config.delivery.shutdown_timeout.0)
+        });
         Stream {
             parser: sources::build_parser(id.clone(), source),
             id,
             source_type: source.source_type,
             mode,
             transport: FileTransport::new(paths),
+            mqtt,
             priority: PriorityPolicy {
                 source_override: source.priority,
                 bulk: mode.is_bulk(),

@@ -15,6 +15,7 @@ use crate::queue::Queue;
 use crate::sources::{Parser, Row, SourceType};
 use crate::stats::{Stats, StreamStats};
 use crate::transport::file::{self, FileTransport};
+use crate::transport::mqtt::{Intake, MqttTransport};
 
 /// Everything a stream needs; built by the StreamManager from config.
 pub struct Stream {
@@ -22,6 +23,8 @@ pub struct Stream {
     pub source_type: SourceType,
     pub mode: Mode,
     pub transport: FileTransport,
+    /// Set for an `mqtt` source: the broker pushes, so [`Stream::run`] hands over to it.
+    pub mqtt: Option<MqttTransport>,
     pub parser: Arc<dyn Parser>,
     pub priority: PriorityPolicy,
     pub dedupe: Arc<Dedupe>,
@@ -42,6 +45,16 @@ impl Stream {
     /// Polls on the mode's schedule until cancelled.
     pub async fn run(mut self, cancel: CancellationToken) {
         let span = info_span!("stream", stream = %self.id, source_type = %self.source_type, mode = self.mode.name());
+        if let Some(mqtt) = self.mqtt.take() {
+            let intake = Intake {
+                stream_id: self.id.clone(),
+                priority: self.priority,
+                dedupe: self.dedupe.clone(),
+                queue: self.queue.clone(),
+                stats: self.stats.clone(),
+            };
+            return mqtt.run(intake, cancel).instrument(span).await;
+        }
         async move {
             let Some(mut ticker) = self.mode.ticker() else {
                 self.poll_once(&cancel).await;

@@ -357,6 +357,7 @@ async fn a_parser_panic_dead_letters_the_file_and_the_stream_carries_on() {
         transport: firestream::transport::file::FileTransport::new(vec![
             file.to_string_lossy().into_owned(),
         ]),
+        mqtt: None,
         parser: Arc::new(CrashingParser),
         priority: firestream::mode::PriorityPolicy {
             source_override: None,

@@ -2,3 +2,4 @@
 //! type's parser, whichever transport brought it.
 
 pub mod file;
+pub mod mqtt;
