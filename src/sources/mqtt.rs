@@ -87,7 +87,7 @@ impl MqttMapper {
         }
         let parsed = serde_json::from_str::<Value>(text);
         let fields = match parsed {
-            Ok(Value::Object(object)) => self.from_object(topic, &object)?,
+            Ok(Value::Object(object)) => self.object_fields(topic, &object)?,
             Ok(Value::Number(n)) => plain_number(topic, n.as_f64())?,
             Ok(other) => {
                 return Err(format!(
@@ -144,7 +144,7 @@ impl MqttMapper {
         })
     }
 
-    fn from_object(&self, topic: &str, object: &Map<String, Value>) -> Result<Fields, String> {
+    fn object_fields(&self, topic: &str, object: &Map<String, Value>) -> Result<Fields, String> {
         let m = &self.mapping;
         let root = Value::Object(object.clone());
         let mut fields = Fields::default();
