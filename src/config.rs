@@ -750,6 +750,11 @@ impl Config {
             self.sink.log.dir = base.join(&self.sink.log.dir);
         }
         for source in self.sources.values_mut() {
+            if let Some(ca) = &mut source.ca_file
+                && ca.is_relative()
+            {
+                *ca = base.join(&*ca);
+            }
             for pattern in &mut source.paths {
                 if Path::new(pattern.as_str()).is_relative() {
                     *pattern = base.join(pattern.as_str()).to_string_lossy().into_owned();
@@ -895,7 +900,10 @@ fn check_source(id: &str, s: &SourceConfig, problems: &mut Vec<String>) {
             "{at}: stream id must be 1-64 characters of letters, digits, `_` or `-`"
         ));
     }
+    // An mqtt source is pushed by its broker: no interval or schedule (checked below).
+    let polled = s.source_type != SourceType::Mqtt;
     match s.mode {
+        _ if !polled => {}
         ModeKind::RealTime => {
             match s.interval {
                 None => problems.push(format!(
@@ -944,6 +952,9 @@ fn check_source(id: &str, s: &SourceConfig, problems: &mut Vec<String>) {
     }
     if let Some(topic) = &s.topic {
         check_topic_name(&format!("{at}.topic"), topic, problems);
+    }
+    if s.source_type == SourceType::Mqtt {
+        crate::sources::mqtt::check_config(&at, s, problems);
     }
     let only_for = |field: &str, set: bool, ty: SourceType, problems: &mut Vec<String>| {
         if set && s.source_type != ty {

@@ -69,6 +69,8 @@ impl Delivery {
             "shutdown timeout reached; records still queued go to the DLQ (stage shutdown)"
         );
         let mut dead = left.dead_letters;
+        // Their sources' acknowledgements wait until the dead letters are written.
+        let _receipts = left.receipts;
         for record in left.records {
             let topic = self.router.topic(&record.source_id, record.source_type);
             self.dedupe.for_type(record.source_type).forget(&record.id);
@@ -114,8 +116,10 @@ impl Delivery {
 
     fn route(&self, batch: Batch) -> Vec<Message> {
         let mut messages = Vec::with_capacity(batch.records.len() + batch.dead_letters.len());
+        let mut receipts = batch.receipts.into_iter();
         for record in &batch.records {
-            messages.extend(self.router.route(record));
+            let receipt = receipts.next().flatten();
+            messages.extend(self.router.route_with_receipt(record, receipt));
         }
         for dead in &batch.dead_letters {
             messages.push(self.router.dead_letter(dead));
@@ -124,14 +128,19 @@ impl Delivery {
     }
 
     /// Counts what was delivered; turns each failed record into a dead letter and sends
-    /// refused dead letters to the fallback.
+    /// refused dead letters to the fallback. Records' receipts are released only at the end,
+    /// once the dead letters of this batch are written.
     async fn account(&self, outcomes: Vec<Outcome>) {
+        let mut receipts = Vec::new();
         let mut delivered: BTreeMap<Arc<str>, u64> = BTreeMap::new();
         let mut failed_records = Vec::new();
         let mut refused_dead = Vec::new();
         // One log line per topic and error kind, not one per record.
         let mut failures: BTreeMap<(Arc<str>, &'static str), (u64, String)> = BTreeMap::new();
-        for (message, result) in outcomes {
+        for (mut message, result) in outcomes {
+            if let Origin::Record { receipt, .. } = &mut message.origin {
+                receipts.extend(receipt.take());
+            }
             let e = match result {
                 Ok(_) => {
                     *delivered.entry(message.topic.clone()).or_default() += 1;
@@ -183,6 +192,7 @@ impl Delivery {
         }
         self.to_fallback(refused_dead).await;
         self.write_dead_letters(failed_records).await;
+        drop(receipts);
     }
 
     /// Writes dead letters to the sink's DLQ topic, or to the fallback when it refuses.
@@ -261,5 +271,236 @@ impl Delivery {
             dead_letter = %String::from_utf8_lossy(&message.payload),
             "DLQ write failed; the dead letter is only in this log line"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use futures::FutureExt;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::receipt::Receipt;
+    use crate::record::{Data, Kind, Priority, Quality, Record, RecordId, SensorReading};
+    use crate::sinks::{Delivered, Pending, Readiness, SinkError};
+    use crate::sources::SourceType;
+
+    /// Holds each record batch until the test releases it with the outcome it chooses;
+    /// stores dead letters at once and counts them.
+    #[derive(Default)]
+    struct GatedSink {
+        gates: Mutex<Vec<oneshot::Sender<bool>>>,
+        dead_letters: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Sink for GatedSink {
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+
+        async fn submit(&self, batch: Vec<Message>) -> Pending {
+            if batch
+                .iter()
+                .all(|m| matches!(m.origin, Origin::DeadLetter { .. }))
+            {
+                self.dead_letters.fetch_add(batch.len(), Ordering::SeqCst);
+                let ok = batch
+                    .into_iter()
+                    .map(|m| {
+                        (
+                            m,
+                            Ok(Delivered {
+                                partition: 0,
+                                offset: 0,
+                            }),
+                        )
+                    })
+                    .collect();
+                return futures::future::ready(ok).boxed();
+            }
+            let (tx, rx) = oneshot::channel();
+            self.gates.lock().unwrap().push(tx);
+            async move {
+                let deliver = rx.await.unwrap_or(false);
+                batch
+                    .into_iter()
+                    .map(|m| {
+                        let result = if deliver {
+                            Ok(Delivered {
+                                partition: 0,
+                                offset: 0,
+                            })
+                        } else {
+                            Err(SinkError::fatal("message_too_large", "refused by the test"))
+                        };
+                        (m, result)
+                    })
+                    .collect()
+            }
+            .boxed()
+        }
+
+        fn readiness(&self) -> Readiness {
+            Readiness {
+                ready: true,
+                detail: "test".into(),
+            }
+        }
+
+        async fn close(&self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    fn reading(n: u32, priority: Priority) -> Record {
+        Record {
+            schema: (),
+            id: RecordId::from_natural_key(SourceType::Mqtt, &[&n.to_string()]),
+            source_id: Arc::from("iot"),
+            source_type: SourceType::Mqtt,
+            kind: Kind::SensorReading,
+            event_time: chrono::Utc::now(),
+            ingested_at: chrono::Utc::now(),
+            location: None,
+            priority,
+            quality: Quality::from_flags(vec![]),
+            data: Data::SensorReading(SensorReading {
+                device_id: "d".into(),
+                topic: "t".into(),
+                retained: false,
+                measurements: [("v".to_owned(), f64::from(n))].into(),
+            }),
+        }
+    }
+
+    /// What the world looked like when a receipt fired: (delivered to the record topic,
+    /// dead letters stored).
+    type Seen = Arc<Mutex<Option<(u64, usize)>>>;
+
+    struct Harness {
+        queue: Arc<Queue>,
+        sink: Arc<GatedSink>,
+        stats: Arc<Stats>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn harness() -> Harness {
+        let config = Config::parse("", Path::new("t.yaml")).unwrap();
+        let queue = Arc::new(Queue::new(100, 10));
+        let sink = Arc::new(GatedSink::default());
+        let stats = Arc::new(Stats::default());
+        let delivery = Delivery {
+            queue: queue.clone(),
+            router: Arc::new(Router::new(&config)),
+            sink: sink.clone(),
+            dlq_fallback: None,
+            stats: stats.clone(),
+            dedupe: Arc::new(DedupeRegistry::new(Duration::from_secs(60))),
+        };
+        let task = tokio::spawn(delivery.run(CancellationToken::new()));
+        Harness {
+            queue,
+            sink,
+            stats,
+            task,
+        }
+    }
+
+    impl Harness {
+        /// A receipt that notes what had happened by the time it fired.
+        fn receipt(&self) -> (Receipt, Seen) {
+            let seen: Seen = Arc::default();
+            let (stats, sink, note) = (self.stats.clone(), self.sink.clone(), seen.clone());
+            let receipt = Receipt::new(move || {
+                let delivered = stats
+                    .topics()
+                    .get("wildfire-iot-sensors")
+                    .map_or(0, |t| t.delivered);
+                let dead = sink.dead_letters.load(Ordering::SeqCst);
+                *note.lock().unwrap() = Some((delivered, dead));
+            });
+            (receipt, seen)
+        }
+
+        /// Waits for the sink to hold `n` gated batches, then opens the first.
+        async fn release(&self, deliver: bool) {
+            for _ in 0..200 {
+                if let Some(gate) = self.sink.gates.lock().unwrap().pop() {
+                    gate.send(deliver).unwrap();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the sink never received the batch");
+        }
+    }
+
+    async fn fired(seen: &Seen) -> (u64, usize) {
+        for _ in 0..200 {
+            if let Some(v) = *seen.lock().unwrap() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the receipt never fired");
+    }
+
+    #[tokio::test]
+    async fn receipt_fires_after_the_delivered_batch_is_accounted() {
+        let h = harness();
+        let (receipt, seen) = h.receipt();
+        h.queue
+            .push_with_receipt(reading(1, Priority::Normal), receipt)
+            .await
+            .unwrap();
+        // In the sink, not yet acknowledged: the receipt waits.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*seen.lock().unwrap(), None);
+        h.release(true).await;
+        assert_eq!(fired(&seen).await, (1, 0));
+        h.queue.close();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn receipt_fires_after_the_failed_record_is_dead_lettered() {
+        let h = harness();
+        let (receipt, seen) = h.receipt();
+        h.queue
+            .push_with_receipt(reading(2, Priority::Normal), receipt)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*seen.lock().unwrap(), None);
+        h.release(false).await;
+        // Not delivered, but its dead letter was stored before the receipt fired.
+        assert_eq!(fired(&seen).await, (0, 1));
+        assert_eq!(h.stats.dead_letters()[&Stage::Deliver], 1);
+        h.queue.close();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_critical_record_and_its_copy_share_one_receipt() {
+        let h = harness();
+        let (receipt, seen) = h.receipt();
+        h.queue
+            .push_with_receipt(reading(3, Priority::Critical), receipt)
+            .await
+            .unwrap();
+        h.release(true).await;
+        // Both messages (topic and critical copy) were accounted before it fired.
+        assert_eq!(fired(&seen).await, (1, 0));
+        assert_eq!(h.stats.topics()["wildfire-critical-alerts"].delivered, 1);
+        h.queue.close();
+        h.task.await.unwrap();
     }
 }

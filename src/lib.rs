@@ -14,6 +14,7 @@ pub mod http;
 pub mod manager;
 pub mod mode;
 pub mod queue;
+pub mod receipt;
 pub mod record;
 pub mod router;
 pub mod secret;

@@ -25,6 +25,7 @@ use crate::stats::{Stats, StreamSnapshot, TopicCounts};
 use crate::stream::{HttpSource, Stream, Transport};
 use crate::transport::file::FileTransport;
 use crate::transport::http::HttpTransport;
+use crate::transport::mqtt::MqttTransport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -231,6 +232,14 @@ impl StreamManager {
     /// A configured source's stream, on the transport its config names.
     fn configured_stream(&self, id: &str, source: &SourceConfig) -> Result<Stream, ManagerError> {
         let mode = Mode::of(source);
+        if source.source_type == SourceType::Mqtt {
+            let mqtt = MqttTransport::new(
+                Arc::from(id),
+                source,
+                self.config.delivery.shutdown_timeout.0,
+            );
+            return Ok(self.stream_over(id, source, mode, Transport::Mqtt(Box::new(mqtt))));
+        }
         if !source.is_http() {
             return Ok(self.stream(id, source, mode, source.paths.clone()));
         }

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 
 use crate::dlq::DeadLetter;
+use crate::receipt::Receipt;
 use crate::record::{Priority, Record};
 
 /// The queue was closed (shutdown); the item is handed back.
@@ -25,6 +26,9 @@ pub struct Closed<T>(pub T);
 #[derive(Debug, Default)]
 pub struct Batch {
     pub records: Vec<Record>,
+    /// The receipt of each record, in the order of `records` (`None` for sources that need
+    /// no acknowledgement). Drop one only once its record's outcome is accounted for.
+    pub receipts: Vec<Option<Receipt>>,
     pub dead_letters: Vec<DeadLetter>,
 }
 
@@ -41,6 +45,17 @@ pub enum Lanes {
     Critical,
     /// High, normal and low, in that order, plus the dead letters.
     Bulk,
+}
+
+impl Lanes {
+    /// The consumer that takes records of `priority`.
+    fn of(priority: Priority) -> Lanes {
+        if priority == Priority::Critical {
+            Lanes::Critical
+        } else {
+            Lanes::Bulk
+        }
+    }
 }
 
 /// Records waiting, per priority lane, and dead letters waiting.
@@ -63,9 +78,12 @@ pub struct Queue {
     ready_bulk: Notify,
 }
 
+/// A queued record and the receipt its source waits on, if any.
+type Queued = (Record, Option<Receipt>);
+
 #[derive(Default)]
 struct State {
-    lanes: [VecDeque<Record>; 4],
+    lanes: [VecDeque<Queued>; 4],
     dead: VecDeque<DeadLetter>,
     closed: bool,
 }
@@ -111,16 +129,32 @@ impl Queue {
 
     /// Enqueues a record, waiting while its lane is full.
     pub async fn push(&self, record: Record) -> Result<(), Closed<Record>> {
-        let lanes = if record.priority == Priority::Critical {
-            Lanes::Critical
-        } else {
-            Lanes::Bulk
-        };
+        let lanes = Lanes::of(record.priority);
         self.put(
             record,
             lanes,
             |queue, state, record| queue.admits(state, record.priority),
-            |state, record| state.lanes[record.priority.lane()].push_back(record),
+            |state, record| state.lanes[record.priority.lane()].push_back((record, None)),
+        )
+        .await
+    }
+
+    /// Enqueues a record whose source acknowledges upstream once `receipt` resolves: delivery
+    /// keeps the receipt until the record is delivered or dead-lettered. When the queue is
+    /// closed both come back; abandon the receipt then, as the record was not delivered.
+    pub async fn push_with_receipt(
+        &self,
+        record: Record,
+        receipt: Receipt,
+    ) -> Result<(), Closed<(Record, Receipt)>> {
+        let lanes = Lanes::of(record.priority);
+        self.put(
+            (record, receipt),
+            lanes,
+            |queue, state, (record, _)| queue.admits(state, record.priority),
+            |state, (record, receipt)| {
+                state.lanes[record.priority.lane()].push_back((record, Some(receipt)))
+            },
         )
         .await
     }
@@ -211,11 +245,15 @@ impl Queue {
         let waiting: usize = state.lanes[range.clone()].iter().map(VecDeque::len).sum();
         let mut batch = Batch {
             records: Vec::with_capacity(max.min(waiting)),
+            receipts: Vec::with_capacity(max.min(waiting)),
             dead_letters,
         };
         for lane in &mut state.lanes[range] {
             let n = (max - batch.records.len()).min(lane.len());
-            batch.records.extend(lane.drain(..n));
+            for (record, receipt) in lane.drain(..n) {
+                batch.records.push(record);
+                batch.receipts.push(receipt);
+            }
             if batch.records.len() == max {
                 break;
             }
@@ -469,5 +507,35 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         q.close();
         assert!(consumer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn receipts_travel_beside_their_records_in_lane_order() {
+        let q = Queue::new(10, 2);
+        let (r1, fired1) = crate::receipt::tests::counted();
+        q.push(record(1, Priority::Low)).await.unwrap();
+        q.push_with_receipt(record(2, Priority::High), r1)
+            .await
+            .unwrap();
+        let batch = q.pop(Lanes::Bulk, 10).await.unwrap();
+        let order: Vec<_> = batch.records.iter().map(alert_id).collect();
+        assert_eq!(order, ["2", "1"]);
+        assert!(batch.receipts[0].is_some());
+        assert!(batch.receipts[1].is_none());
+        assert_eq!(fired1.load(std::sync::atomic::Ordering::SeqCst), 0);
+        drop(batch);
+        assert_eq!(fired1.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        q.close();
+        let (r2, fired2) = crate::receipt::tests::counted();
+        let Err(Closed((record, receipt))) =
+            q.push_with_receipt(record(3, Priority::Low), r2).await
+        else {
+            panic!("a closed queue must hand the record back");
+        };
+        assert_eq!(alert_id(&record), "3");
+        receipt.abandon();
+        drop(receipt);
+        assert_eq!(fired2.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }

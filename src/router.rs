@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::dlq::{DLQ_TOPIC, DeadLetter};
+use crate::receipt::Receipt;
 use crate::record::{Priority, Record, SCHEMA};
 use crate::sinks::{Message, Origin};
 use crate::sources::SourceType;
@@ -96,6 +97,11 @@ impl Router {
 
     /// The message(s) for a record: one, plus the copy when it is critical.
     pub fn route(&self, record: &Record) -> Vec<Message> {
+        self.route_with_receipt(record, None)
+    }
+
+    /// [`Router::route`], each message carrying a clone of the record's receipt.
+    pub fn route_with_receipt(&self, record: &Record, receipt: Option<Receipt>) -> Vec<Message> {
         let topic = self.topic(&record.source_id, record.source_type);
         let payload = record.to_json();
         let id = record.id.to_string();
@@ -112,6 +118,7 @@ impl Router {
             source_type: record.source_type,
             priority: record.priority,
             copy,
+            receipt: receipt.clone(),
         };
         let message = Message {
             key: self.key(record),

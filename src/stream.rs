@@ -25,11 +25,14 @@ use crate::sources::{Parser, Row, SourceType};
 use crate::stats::{Stats, StreamStats};
 use crate::transport::file::{self, FileTransport};
 use crate::transport::http::HttpTransport;
+use crate::transport::mqtt::{Intake, MqttTransport};
 
 /// Where a stream's payloads come from.
 pub enum Transport {
     File(FileTransport),
     Http(Box<HttpSource>),
+    /// The broker pushes: [`Stream::run`] hands the stream over to it.
+    Mqtt(Box<MqttTransport>),
 }
 
 /// An HTTP-polled source: its requests, its circuit breaker, and a pause set by upstream
@@ -70,6 +73,16 @@ impl Stream {
     /// Polls on the mode's schedule until cancelled.
     pub async fn run(mut self, cancel: CancellationToken) {
         let span = info_span!("stream", stream = %self.id, source_type = %self.source_type, mode = self.mode.name());
+        if let Transport::Mqtt(mqtt) = self.transport {
+            let intake = Intake {
+                stream_id: self.id.clone(),
+                priority: self.priority,
+                dedupe: self.dedupe.clone(),
+                queue: self.queue.clone(),
+                stats: self.stats.clone(),
+            };
+            return mqtt.run(intake, cancel).instrument(span).await;
+        }
         async move {
             let Some(mut ticker) = self.mode.ticker() else {
                 self.poll_once(&cancel).await;
@@ -96,6 +109,8 @@ impl Stream {
         match self.transport {
             Transport::File(_) => self.poll_files(cancel, stream_stats).await,
             Transport::Http(_) => self.poll_http(cancel, stream_stats).await,
+            // Pushed by its broker: nothing to poll.
+            Transport::Mqtt(_) => PollOutcome::default(),
         }
     }
 

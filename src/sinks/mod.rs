@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 
 use crate::config::{Config, SinkKind};
 use crate::dlq::Stage;
+use crate::receipt::Receipt;
 use crate::record::{Priority, RecordId};
 use crate::sources::SourceType;
 
@@ -43,6 +44,8 @@ pub enum Origin {
         priority: Priority,
         /// The copy of a critical record in the critical-alerts topic.
         copy: bool,
+        /// Held until the outcome is accounted for (see [`crate::receipt`]).
+        receipt: Option<Receipt>,
     },
     DeadLetter {
         stage: Stage,

@@ -12,6 +12,7 @@ pub mod airnow;
 pub mod calfire;
 mod geojson;
 pub mod http;
+pub mod mqtt;
 pub mod nasa_firms;
 pub mod nws_alerts;
 pub mod nws_observations;
@@ -247,9 +248,7 @@ pub fn build_parser(source_id: Arc<str>, config: &SourceConfig) -> Arc<dyn Parse
         SourceType::Purpleair => Arc::new(purpleair::PurpleAirParser::new(source_id, config)),
         SourceType::Airnow => Arc::new(airnow::AirNowParser::new(source_id, config)),
         // Filled in as each connector lands (issue #4); refused at validation until then.
-        SourceType::Mqtt => {
-            Arc::new(NotYet(config.source_type))
-        }
+        SourceType::Mqtt => Arc::new(NotYet(config.source_type)),
     }
 }
 

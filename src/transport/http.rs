@@ -640,9 +640,7 @@ pub fn check_config(at: &str, s: &SourceConfig, problems: &mut Vec<String>) {
                 )),
             }
         }
-        SourceType::Http
-        | SourceType::CalfireIncidents
-        | SourceType::Mqtt => {}
+        SourceType::Http | SourceType::CalfireIncidents | SourceType::Mqtt => {}
     }
 }
 
