@@ -169,6 +169,11 @@ pub fn check_config(at: &str, s: &SourceConfig, problems: &mut Vec<String>) {
     if s.source_type != SourceType::Http {
         return;
     }
+    if s.topic.is_none() {
+        problems.push(format!(
+            "{at}.topic: type http has no default topic; name one, e.g. `topic: wildfire-custom`"
+        ));
+    }
     for (field, pointer) in [
         ("record_pointer", &s.record_pointer),
         ("next_link", &s.next_link),
@@ -1100,11 +1105,15 @@ mod tests {
             source_type: SourceType::CalfireIncidents,
             ..config(HttpFormat::Json, None, FieldMapping::default())
         };
+        // Settings given to another type are reported once, by the transport's check.
+        assert_eq!(check(&calfire), Vec::<String>::new());
+        let mut problems = Vec::new();
+        crate::transport::http::check_config("sources.x", &calfire, &mut problems);
         assert_eq!(
-            check(&calfire),
+            problems,
             vec![
                 "sources.x.format: only applies to type http, not calfire_incidents",
-                "sources.x.mapping: only applies to types mqtt and http, not calfire_incidents",
+                "sources.x.mapping: only applies to type http or mqtt, not calfire_incidents",
             ]
         );
         assert_eq!(
