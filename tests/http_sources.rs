@@ -313,3 +313,146 @@ async fn payment_required_pauses_the_stream_with_a_clear_status() {
     assert_eq!(status.circuit, Some("closed"));
     assert_eq!(server.seen()[0].headers["x-api-key"], "PA-READ-KEY-0001");
 }
+
+/// A source of `yaml` (indented under `sources:`) polled once an hour, run until `records`
+/// have been queued.
+async fn poll_once_into_log(yaml: &str, stream: &str, records: u64) -> (tempfile::TempDir, Report) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(dir.path(), &format!("sources:\n{yaml}"));
+    let stream = stream.to_owned();
+    let (report, _) = run_until(config, move |s| {
+        s.streams()
+            .get(&stream)
+            .is_some_and(|x| x.enqueued >= records)
+    })
+    .await;
+    (dir, report)
+}
+
+#[tokio::test]
+async fn purpleair_sensors_in_a_bbox_with_only_the_configured_fields() {
+    let server = Replay::start().await;
+    let body = read("purpleair/v1_sensors_bbox_SanJuanMtns_CO__2026-07-02.json");
+    server.script("/v1/sensors", vec![Reply::json(body)]);
+    let fields = "sensor_index, last_seen, name, latitude, longitude, humidity, temperature, pm2.5_atm, pm2.5_atm_a, pm2.5_atm_b";
+    let (dir, report) = poll_once_into_log(
+        &format!(
+            "  pa_co:\n    type: purpleair\n    interval: 1h\n    url: {}\n    api_key: PA-READ-KEY-0001\n    fields: [{fields}]\n    bbox: [-108.2, 37.6, -107.4, 38.2]\n    max_age: 1h\n",
+            server.base
+        ),
+        "pa_co",
+        7,
+    )
+    .await;
+    assert_eq!(report.streams["pa_co"].invalid, 0);
+    let records = common::envelopes(&dir.path().join("log"), "wildfire-air-quality");
+    assert_eq!(records.len(), 7);
+    assert!(
+        records
+            .iter()
+            .all(|r| r["kind"] == "air_quality" && r["data"]["provider"] == "purpleair")
+    );
+    let target = &server.seen()[0].target;
+    assert_eq!(
+        target,
+        "/v1/sensors?fields=sensor_index%2Clast_seen%2Cname%2Clatitude%2Clongitude%2Chumidity%2Ctemperature%2Cpm2.5_atm%2Cpm2.5_atm_a%2Cpm2.5_atm_b&nwlng=-108.2&nwlat=38.2&selng=-107.4&selat=37.6&max_age=3600"
+    );
+}
+
+#[tokio::test]
+async fn airnow_aq_data_over_a_bbox_with_the_key_redacted_in_errors() {
+    let server = Replay::start().await;
+    let body = read("airnow/aq_data_bbox_LA_PM25__2025-01-10.json");
+    let rows = serde_json::from_slice::<Vec<Value>>(&body).unwrap().len() as u64;
+    server.script("/aq/data/", vec![Reply::json(body)]);
+    let (dir, report) = poll_once_into_log(
+        &format!(
+            "  an_la:\n    type: airnow\n    interval: 1h\n    url: {}\n    api_key: AIRNOW-KEY-0001\n    bbox: [-118.9, 33.6, -117.6, 34.4]\n    parameters: [PM25]\n",
+            server.base
+        ),
+        "an_la",
+        rows,
+    )
+    .await;
+    let s = report.streams["an_la"];
+    assert_eq!((s.rows, s.invalid, s.enqueued), (rows, 0, rows));
+    let records = common::envelopes(&dir.path().join("log"), "wildfire-air-quality");
+    assert_eq!(records.len() as u64, rows);
+    let target = &server.seen()[0].target;
+    assert!(
+        target.contains("BBOX=-118.9%2C33.6%2C-117.6%2C34.4"),
+        "{target}"
+    );
+    assert!(target.contains("parameters=PM25"), "{target}");
+    assert!(target.ends_with("API_KEY=AIRNOW-KEY-0001"), "{target}");
+}
+
+#[tokio::test]
+async fn calfire_incident_list_over_http() {
+    let server = Replay::start().await;
+    let body = read("incidents/calfire_GetFiresForMap__2024-06-18.json");
+    server.script(
+        "/api/sitecore/Incident/GetFiresForMap",
+        vec![Reply::json(body)],
+    );
+    let (dir, _) = poll_once_into_log(
+        &format!(
+            "  calfire:\n    type: calfire_incidents\n    interval: 1h\n    url: {}/api/sitecore/Incident/GetFiresForMap?showFeatured=false\n",
+            server.base
+        ),
+        "calfire",
+        19,
+    )
+    .await;
+    let records = common::envelopes(&dir.path().join("log"), "wildfire-incidents");
+    assert_eq!(records.len(), 19);
+    let post = records
+        .iter()
+        .find(|r| r["data"]["name"] == "Post Fire")
+        .expect("the Post Fire is in the list");
+    assert_eq!(post["data"]["acres_burned"], 15611.0);
+}
+
+#[tokio::test]
+async fn generic_http_follows_next_links_on_the_same_host() {
+    let server = Replay::start().await;
+    let page = |ids: &[u32], next: Value| {
+        let items: Vec<Value> = ids
+            .iter()
+            .map(|id| serde_json::json!({"zone_id": format!("Z{id}"), "updated_at": "2026-08-01T19:00:00Z", "centroid": {"lat": 38.5, "lon": -121.5}, "status": "order"}))
+            .collect();
+        serde_json::json!({"data": {"items": items}, "links": {"next": next}}).to_string()
+    };
+    server.script(
+        "/zones",
+        vec![
+            Reply::json(page(&[1, 2], Value::from("/zones?page=2"))),
+            Reply::json(page(&[3], Value::Null)),
+        ],
+    );
+    let (dir, _) = poll_once_into_log(
+        &format!(
+            "  zones:\n    type: http\n    interval: 1h\n    url: {}/zones\n    record_pointer: /data/items\n    next_link: /links/next\n    headers: {{Authorization: \"Bearer tok-0123456789\"}}\n    mapping: {{id: zone_id, time: updated_at, lat: /centroid/lat, lon: /centroid/lon}}\n    topic: wildfire-evacuations\n",
+            server.base
+        ),
+        "zones",
+        3,
+    )
+    .await;
+    let records = common::envelopes(&dir.path().join("log"), "wildfire-evacuations");
+    let mut zones: Vec<&str> = records
+        .iter()
+        .map(|r| r["data"]["zone_id"].as_str().unwrap())
+        .collect();
+    zones.sort();
+    assert_eq!(zones, ["Z1", "Z2", "Z3"]);
+    assert_eq!(records[0]["kind"], "raw");
+    assert_eq!(records[0]["location"]["lat"], 38.5);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].target, "/zones?page=2");
+    assert!(
+        seen.iter()
+            .all(|s| s.headers["authorization"] == "Bearer tok-0123456789")
+    );
+}

@@ -247,23 +247,9 @@ pub fn build_parser(source_id: Arc<str>, config: &SourceConfig) -> Arc<dyn Parse
         SourceType::Http => Arc::new(http::HttpParser::new(source_id, config)),
         SourceType::Purpleair => Arc::new(purpleair::PurpleAirParser::new(source_id, config)),
         SourceType::Airnow => Arc::new(airnow::AirNowParser::new(source_id, config)),
-        // Filled in as each connector lands (issue #4); refused at validation until then.
-        SourceType::Mqtt => Arc::new(NotYet(config.source_type)),
-    }
-}
-
-/// WORK IN PROGRESS (#4): replaced by the real parsers before this lands.
-struct NotYet(SourceType);
-
-impl Parser for NotYet {
-    fn parse(
-        &self,
-        _input: &mut dyn BufRead,
-        _out: &mut dyn FnMut(Row) -> bool,
-    ) -> Result<(), PayloadError> {
-        Err(PayloadError::Csv {
-            detail: format!("{} is not available yet", self.0),
-        })
+        // A file for mqtt is a capture of messages (JSON lines); live messages are mapped
+        // one by one by the transport.
+        SourceType::Mqtt => Arc::new(mqtt::MqttCaptureParser::new(source_id, config)),
     }
 }
 

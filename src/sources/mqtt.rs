@@ -529,6 +529,102 @@ fn check_filter(filter: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Recorded MQTT messages, one JSON object per line — `{"topic": "…", "payload": …,
+/// "retained": false, "received_at": "2026-12-04T08:00:00Z"}` — for backfills with
+/// `firestream ingest --source-type mqtt` and for replaying a capture. `payload` is the
+/// message text as a JSON string, or the JSON document itself; `retained` and
+/// `received_at` are optional (default false and the time of reading).
+pub struct MqttCaptureParser {
+    mapper: MqttMapper,
+}
+
+impl MqttCaptureParser {
+    pub fn new(source_id: Arc<str>, config: &SourceConfig) -> Self {
+        MqttCaptureParser {
+            mapper: MqttMapper::new(source_id, config),
+        }
+    }
+
+    fn message(&self, line: &str) -> Result<(String, Vec<u8>, bool, DateTime<Utc>), String> {
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+        let topic = value["topic"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or("missing `topic` (a non-empty string)")?
+            .to_owned();
+        let payload = match &value["payload"] {
+            Value::Null => return Err("missing `payload`".to_owned()),
+            Value::String(text) => text.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        };
+        let retained = match &value["retained"] {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            other => return Err(format!("`retained` must be true or false, not {other}")),
+        };
+        let received_at = match &value["received_at"] {
+            Value::Null => Utc::now(),
+            Value::String(text) => DateTime::parse_from_rfc3339(text)
+                .map_err(|e| format!("`received_at` {text:?} is not an RFC 3339 time: {e}"))?
+                .with_timezone(&Utc),
+            other => {
+                return Err(format!(
+                    "`received_at` must be an RFC 3339 string, not {other}"
+                ));
+            }
+        };
+        Ok((topic, payload, retained, received_at))
+    }
+}
+
+impl super::Parser for MqttCaptureParser {
+    fn parse(
+        &self,
+        input: &mut dyn std::io::BufRead,
+        out: &mut dyn FnMut(Row) -> bool,
+    ) -> Result<(), super::PayloadError> {
+        let head = super::read_head(input, 1024)?;
+        if let Some(e) = super::sniff_non_data(&head, "MQTT capture (JSON lines)") {
+            return Err(e);
+        }
+        let mut input = std::io::Read::chain(head.as_slice(), input);
+        let mut reader = std::io::BufReader::new(&mut input);
+        let mut line = String::new();
+        let mut number = 0usize;
+        loop {
+            line.clear();
+            if std::io::BufRead::read_line(&mut reader, &mut line)? == 0 {
+                return Ok(());
+            }
+            number += 1;
+            let text = line.trim();
+            if text.is_empty() {
+                continue;
+            }
+            let row = match self.message(text) {
+                Ok((topic, payload, retained, received_at)) => {
+                    match self.mapper.map(&topic, &payload, retained, received_at) {
+                        Row::Invalid(mut invalid) => {
+                            invalid.position = format!("line {number} ({})", invalid.position);
+                            Row::Invalid(invalid)
+                        }
+                        valid => valid,
+                    }
+                }
+                Err(reason) => Row::Invalid(Invalid {
+                    position: format!("line {number}"),
+                    reason,
+                    raw: excerpt(text.as_bytes()),
+                }),
+            };
+            if !out(row) {
+                return Ok(());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
@@ -884,5 +980,67 @@ mod tests {
         assert!(err.contains("sources.iot.broker: required"), "{err}");
         assert!(err.contains("remove `interval`"), "{err}");
         assert!(!err.contains("sources.iot.paths"), "{err}");
+    }
+
+    #[test]
+    fn a_capture_file_replays_messages_and_dead_letters_bad_lines() {
+        use crate::sources::Parser;
+        let config: SourceConfig = yaml_serde::from_str(
+            "{type: mqtt, broker: \"mqtt://localhost:1883\", topics: [\"sensors/#\"], mapping: {device_id: id, time: t}}",
+        )
+        .unwrap();
+        let parser = MqttCaptureParser::new(Arc::from("field"), &config);
+        let capture = concat!(
+            r#"{"topic": "sensors/wx1", "payload": {"id": "wx1", "t": "2026-08-01T12:00:00-07:00", "temp_c": 31.5}, "retained": true}"#,
+            "\n\n",
+            r#"{"topic": "sensors/wx1/rh", "payload": "18.5", "received_at": "2026-08-01T19:00:05Z"}"#,
+            "\n",
+            r#"{"payload": "1"}"#,
+            "\n",
+            r#"{"topic": "sensors/wx2", "payload": "not a reading"}"#,
+            "\n",
+        );
+        let mut rows = Vec::new();
+        parser
+            .parse(&mut capture.as_bytes(), &mut |row| {
+                rows.push(row);
+                true
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 4);
+        let Row::Valid(first) = &rows[0] else {
+            panic!("{:?}", rows[0])
+        };
+        assert_eq!(format_event_time(&first.event_time), "2026-08-01T19:00:00Z");
+        let Data::SensorReading(reading) = &first.data else {
+            panic!()
+        };
+        assert_eq!(reading.device_id, "wx1");
+        assert!(reading.retained);
+        assert_eq!(reading.measurements["temp_c"], 31.5);
+        let Row::Valid(second) = &rows[1] else {
+            panic!("{:?}", rows[1])
+        };
+        let Data::SensorReading(rh) = &second.data else {
+            panic!()
+        };
+        assert_eq!(rh.measurements["rh"], 18.5);
+        assert_eq!(
+            format_event_time(&second.event_time),
+            "2026-08-01T19:00:05Z"
+        );
+        let Row::Invalid(missing) = &rows[2] else {
+            panic!()
+        };
+        assert_eq!(missing.position, "line 4");
+        assert!(missing.reason.contains("topic"), "{}", missing.reason);
+        let Row::Invalid(text) = &rows[3] else {
+            panic!()
+        };
+        assert!(
+            text.position.starts_with("line 5 (topic sensors/wx2)"),
+            "{}",
+            text.position
+        );
     }
 }
