@@ -55,7 +55,9 @@ enum Command {
     Ingest {
         #[command(flatten)]
         config: ConfigArg,
-        /// Parse with this source type's defaults (nasa_firms, nws_observations, nws_alerts).
+        /// Parse with this source type's defaults: nasa_firms, nws_observations, nws_alerts,
+        /// purpleair, airnow, calfire_incidents, mqtt (a capture: one JSON message per line),
+        /// http (needs --source: its mapping and topic come from config).
         #[arg(long, value_name = "TYPE")]
         source_type: Option<SourceType>,
         /// Parse and route as this configured source does (only the given paths are read).

@@ -81,6 +81,11 @@ impl IngestTarget {
                     known,
                 })
             }
+            IngestTarget::SourceType(t) if t.default_topic().is_none() => {
+                Err(ManagerError::Source(format!(
+                    "--source-type {t}: this type has no defaults to parse with (no mapping, no topic); configure a source of type {t} and use --source ID"
+                )))
+            }
             _ => Ok(()),
         }
     }

@@ -286,6 +286,13 @@ fn usage_and_config_errors_exit_2_with_a_message() {
     let out = firestream(&repo("."), &["validate", "-c", "config/demo.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
+    // A generic http file needs a configured source for its mapping and topic.
+    let out = firestream(
+        dir.path(),
+        &["ingest", "-c", cfg, "--source-type", "http", "data.json"],
+    );
+    assert_usage_error(&out, "configure a source of type http and use --source ID");
+
     // An unknown source is refused before the sink is opened, naming what exists.
     let out = firestream(
         dir.path(),
@@ -451,10 +458,12 @@ fn demo_config_runs_writes_as_it_goes_and_stops_cleanly_on_sigterm() {
             topic(&log, "wildfire-nasa-firms").len(),
             topic(&log, "wildfire-weather-data").len(),
             topic(&log, "wildfire-weather-alerts").len(),
+            topic(&log, "wildfire-air-quality").len(),
+            topic(&log, "wildfire-incidents").len(),
         )
     };
-    let expected = (2_189, 1, 3);
-    let mut seen = (0, 0, 0);
+    let expected = (2_189, 1, 3, 9 + 1_463, 166);
+    let mut seen = (0, 0, 0, 0, 0);
     for _ in 0..600 {
         seen = counts();
         if seen == expected {
