@@ -953,8 +953,10 @@ fn check_source(id: &str, s: &SourceConfig, problems: &mut Vec<String>) {
     if let Some(topic) = &s.topic {
         check_topic_name(&format!("{at}.topic"), topic, problems);
     }
-    if s.source_type == SourceType::Mqtt {
-        crate::sources::mqtt::check_config(&at, s, problems);
+    match s.source_type {
+        SourceType::Mqtt => crate::sources::mqtt::check_config(&at, s, problems),
+        SourceType::Purpleair => crate::sources::purpleair::check_config(&at, s, problems),
+        _ => {}
     }
     let only_for = |field: &str, set: bool, ty: SourceType, problems: &mut Vec<String>| {
         if set && s.source_type != ty {
@@ -1116,6 +1118,57 @@ topics:
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
         assert_eq!(problems.len(), 9, "{all}");
+    }
+
+    #[test]
+    fn connector_settings_are_checked_against_the_upstream_apis() {
+        let text = r#"
+sources:
+  firms:
+    type: nasa_firms
+    interval: 10m
+    map_key: ""
+    product: VIIRS_SNPP
+    bbox: [-114.13, 32.53, -124.48, 42.01]
+    day_range: 10
+    stations: [KSAC]
+  pa:
+    type: purpleair
+    interval: 10m
+    api_key: k-0123456789
+  obs:
+    type: nws_observations
+    interval: 5m
+    state: California
+  an:
+    type: airnow
+    interval: 30m
+    api_key: k-0123456789
+  raw:
+    type: http
+    interval: 5m
+    url: "ftp://example.org/x"
+"#;
+        let err = parse(text).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("{err}")
+        };
+        let all = problems.join("\n");
+        for expected in [
+            "sources.firms.map_key: required to call the API",
+            "sources.firms.product: \"VIIRS_SNPP\" is not a FIRMS source",
+            "sources.firms.bbox: [-114.13, 32.53, -124.48, 42.01] is empty or reversed",
+            "sources.firms.day_range: 10 is outside the 1–5 days FIRMS accepts",
+            "sources.firms.stations: only applies to type nws_observations, not nasa_firms",
+            "sources.pa.fields: list the fields to request",
+            "sources.obs.state: \"California\" is not a two-letter state",
+            "sources.an.bbox: give `bbox: [west, south, east, north]` or `latitude` and `longitude`",
+            "sources.raw.url: scheme \"ftp\" is not supported",
+            "sources.raw.topic: type http has no default topic",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert_eq!(problems.len(), 10, "{all}");
     }
 
     #[test]
