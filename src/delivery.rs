@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 use crate::dedupe::DedupeRegistry;
 use crate::dlq::{DeadLetter, Stage};
 use crate::queue::{Batch, Lanes, Queue};
+use crate::receipt::Receipt;
 use crate::router::Router;
 use crate::sinks::{Message, Origin, Outcome, SHUTDOWN_KIND, Sink};
 use crate::stats::Stats;
@@ -69,8 +70,10 @@ impl Delivery {
             "shutdown timeout reached; records still queued go to the DLQ (stage shutdown)"
         );
         let mut dead = left.dead_letters;
-        // Their sources' acknowledgements wait until the dead letters are written.
-        let _receipts = left.receipts;
+        // Their sources' acknowledgements wait until the dead letters are written, and do
+        // not happen when they cannot be.
+        let receipts: Vec<_> = left.receipts.into_iter().flatten().collect();
+        let lost_before = self.stats.dlq_write_failures.load(Ordering::Relaxed);
         for record in left.records {
             let topic = self.router.topic(&record.source_id, record.source_type);
             self.dedupe.for_type(record.source_type).forget(&record.id);
@@ -87,6 +90,9 @@ impl Delivery {
             ));
         }
         self.write_dead_letters(dead).await;
+        if self.stats.dlq_write_failures.load(Ordering::Relaxed) > lost_before {
+            receipts.iter().for_each(Receipt::abandon);
+        }
     }
 
     /// One consumer: takes batches of `lanes`, keeps up to [`MAX_IN_FLIGHT`] of them in the
@@ -137,16 +143,25 @@ impl Delivery {
         let mut refused_dead = Vec::new();
         // One log line per topic and error kind, not one per record.
         let mut failures: BTreeMap<(Arc<str>, &'static str), (u64, String)> = BTreeMap::new();
+        // Receipts of records that failed: if their dead letters cannot be stored either,
+        // the source must not acknowledge upstream (the message comes back instead).
+        let mut failed_receipts = Vec::new();
+        let lost_before = self.stats.dlq_write_failures.load(Ordering::Relaxed);
         for (mut message, result) in outcomes {
-            if let Origin::Record { receipt, .. } = &mut message.origin {
-                receipts.extend(receipt.take());
-            }
+            let receipt = match &mut message.origin {
+                Origin::Record { receipt, .. } => receipt.take(),
+                Origin::DeadLetter { .. } => None,
+            };
             let e = match result {
                 Ok(_) => {
+                    receipts.extend(receipt);
                     *delivered.entry(message.topic.clone()).or_default() += 1;
                     continue;
                 }
-                Err(e) => e,
+                Err(e) => {
+                    failed_receipts.extend(receipt);
+                    e
+                }
             };
             self.stats.add_failed(&message.topic, 1);
             match &message.origin {
@@ -192,6 +207,10 @@ impl Delivery {
         }
         self.to_fallback(refused_dead).await;
         self.write_dead_letters(failed_records).await;
+        if self.stats.dlq_write_failures.load(Ordering::Relaxed) > lost_before {
+            failed_receipts.iter().for_each(Receipt::abandon);
+        }
+        drop(failed_receipts);
         drop(receipts);
     }
 
@@ -287,7 +306,6 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::receipt::Receipt;
     use crate::record::{Data, Kind, Priority, Quality, Record, RecordId, SensorReading};
     use crate::sinks::{Delivered, Pending, Readiness, SinkError};
     use crate::sources::SourceType;
@@ -298,6 +316,8 @@ mod tests {
     struct GatedSink {
         gates: Mutex<Vec<oneshot::Sender<bool>>>,
         dead_letters: AtomicUsize,
+        /// Refuse dead letters too (a DLQ that cannot be written).
+        refuse_dead: bool,
     }
 
     #[async_trait]
@@ -311,6 +331,13 @@ mod tests {
                 .iter()
                 .all(|m| matches!(m.origin, Origin::DeadLetter { .. }))
             {
+                if self.refuse_dead {
+                    let refused = batch
+                        .into_iter()
+                        .map(|m| (m, Err(SinkError::fatal("disk_full", "refused by the test"))))
+                        .collect();
+                    return futures::future::ready(refused).boxed();
+                }
                 self.dead_letters.fetch_add(batch.len(), Ordering::SeqCst);
                 let ok = batch
                     .into_iter()
@@ -393,9 +420,13 @@ mod tests {
     }
 
     fn harness() -> Harness {
+        harness_with(GatedSink::default())
+    }
+
+    fn harness_with(sink: GatedSink) -> Harness {
         let config = Config::parse("", Path::new("t.yaml")).unwrap();
         let queue = Arc::new(Queue::new(100, 10));
-        let sink = Arc::new(GatedSink::default());
+        let sink = Arc::new(sink);
         let stats = Arc::new(Stats::default());
         let delivery = Delivery {
             queue: queue.clone(),
@@ -500,6 +531,33 @@ mod tests {
         // Both messages (topic and critical copy) were accounted before it fired.
         assert_eq!(fired(&seen).await, (1, 0));
         assert_eq!(h.stats.topics()["wildfire-critical-alerts"].delivered, 1);
+        h.queue.close();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_record_whose_dead_letter_is_lost_is_not_acknowledged() {
+        let h = harness_with(GatedSink {
+            refuse_dead: true,
+            ..GatedSink::default()
+        });
+        let (receipt, seen) = h.receipt();
+        let pending = receipt.downgrade();
+        h.queue
+            .push_with_receipt(reading(4, Priority::Normal), receipt)
+            .await
+            .unwrap();
+        h.release(false).await;
+        for _ in 0..200 {
+            if pending.is_resolved() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Settled, but abandoned: no acknowledgement, so the broker sends it again.
+        assert!(pending.is_resolved());
+        assert_eq!(*seen.lock().unwrap(), None);
+        assert_eq!(h.stats.dlq_write_failures.load(Ordering::Relaxed), 1);
         h.queue.close();
         h.task.await.unwrap();
     }
