@@ -337,3 +337,35 @@ async fn a_key_in_the_url_never_reaches_an_error_message() {
     assert!(!text.contains(key.expose()), "{text}");
     assert!(text.contains("<redacted>"), "{text}");
 }
+
+#[tokio::test]
+async fn redirects_are_followed_on_the_same_host_only() {
+    let server = Replay::start().await;
+    server.script(
+        "/old",
+        vec![Reply::new(301, "text/plain", "moved").header("Location", "/new")],
+    );
+    server.script("/new", vec![Reply::json("[1]")]);
+    server.script(
+        "/away",
+        vec![Reply::new(302, "text/plain", "moved").header("Location", "http://192.0.2.1/steal")],
+    );
+    let clients = clients(&[]);
+    let mut r = request(&format!("{}/old", server.base), Expect::Json);
+    r.headers.insert(
+        "x-api-key",
+        reqwest::header::HeaderValue::from_static("KEY-1"),
+    );
+    assert!(matches!(
+        clients.for_url(&r.url).fetch(&r).await.unwrap(),
+        Fetched::Body { .. }
+    ));
+    assert_eq!(server.hits("/new"), 1);
+    let r = request(&format!("{}/away", server.base), Expect::Json);
+    let e = clients.for_url(&r.url).fetch(&r).await.unwrap_err();
+    assert_eq!(e.kind(), "redirect_refused", "{e}");
+    assert!(
+        e.to_string().contains("HTTP 302 redirect to another host"),
+        "{e}"
+    );
+}

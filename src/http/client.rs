@@ -617,6 +617,26 @@ fn check_content(headers: &HeaderMap, body: &[u8], expect: Expect) -> Result<(),
     Ok(())
 }
 
+/// Follows up to 5 redirects within the same scheme, host and port only. reqwest strips
+/// `Authorization` on a cross-host redirect but not a custom key header (`X-API-Key`), and a
+/// redirect elsewhere would also leave the host's rate limits behind: such a redirect ends
+/// the request, and the 3xx is reported as a client error.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if attempt.previous().len() > 5 {
+            attempt.error("more than 5 redirects")
+        } else if same {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
 /// Every host's client, created on first use with the host's limits, and shared by every
 /// source that calls that host.
 pub struct ApiClients {
@@ -630,6 +650,7 @@ impl ApiClients {
         let http = reqwest::Client::builder()
             .user_agent(config.user_agent.clone())
             .connect_timeout(Duration::from_secs(10))
+            .redirect(same_origin_redirects())
             .build()
             .map_err(|e| FetchError::Request {
                 url: String::new(),

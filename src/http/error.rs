@@ -59,6 +59,7 @@ fn describe(status: u16) -> &'static str {
         402 => " Payment Required (the account has no points or credit left)",
         403 => " Forbidden (check the API key, and the User-Agent for NWS)",
         404 => " Not Found (check the URL, product or station)",
+        300..=399 => " redirect to another host, not followed (point `url` at the new address)",
         429 => " Too Many Requests",
         500..=599 => " (upstream server error)",
         _ => "",
