@@ -80,6 +80,9 @@ impl FetchError {
             FetchError::Status {
                 status: 500..=599, ..
             } => "server_error",
+            FetchError::Status {
+                status: 300..=399, ..
+            } => "redirect_refused",
             FetchError::Status { .. } => "client_error",
             FetchError::Problem { .. } => "upstream_problem",
             FetchError::TooLarge { .. } => "payload_too_large",
