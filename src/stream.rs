@@ -248,7 +248,14 @@ impl Stream {
             stream_stats.polls_skipped.fetch_add(1, Relaxed);
             return outcome;
         }
-        let fetched = source.transport.fetch().await;
+        // A stop must not wait for a slow upstream, a host pause or a retry's backoff.
+        let fetched = tokio::select! {
+            fetched = source.transport.fetch() => fetched,
+            _ = cancel.cancelled() => {
+                outcome.interrupted = true;
+                return outcome;
+            }
+        };
         stream_stats
             .unchanged
             .fetch_add(fetched.unchanged as u64, Relaxed);

@@ -456,3 +456,29 @@ async fn generic_http_follows_next_links_on_the_same_host() {
             .all(|s| s.headers["authorization"] == "Bearer tok-0123456789")
     );
 }
+
+#[tokio::test]
+async fn a_stop_does_not_wait_for_a_slow_upstream() {
+    let server = Replay::start().await;
+    server.script(
+        FIRMS_PATH,
+        vec![Reply::csv("latitude,longitude\n").delay(Duration::from_secs(30))],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(dir.path(), &firms_source(&server, "    timeout: 60s\n"));
+    let manager = StreamManager::new(config).await.unwrap();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(manager.run(stop.clone()));
+    server
+        .wait_hits(FIRMS_PATH, 1, Duration::from_secs(10))
+        .await;
+    let asked = Instant::now();
+    stop.cancel();
+    let report = run.await.unwrap().unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "stopping took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(report.streams["firms_ca"].rows, 0);
+}
