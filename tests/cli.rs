@@ -525,6 +525,14 @@ fn live_example_config_validates_with_its_keys_and_names_a_missing_one() {
     }
     let out = run(Some("FIRMS_MAP_KEY"));
     assert_usage_error(&out, "environment variable FIRMS_MAP_KEY is not set");
+    let out = Command::new(env!("CARGO_BIN_EXE_firestream"))
+        .args(["validate", "-c", "config/mqtt.example.yaml"])
+        .current_dir(repo("."))
+        .env("MQTT_PASSWORD", "mqtt-secret-0123")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("mqtt-secret-0123"));
     assert!(
         stderr(&out).contains("live.example.yaml:"),
         "{}",
