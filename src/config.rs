@@ -727,19 +727,33 @@ impl Config {
 
     /// Parses config text; `file` names it in messages. Paths are left as written.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = if text.trim().is_empty() {
-            // An empty file means "all defaults", like `{}`.
-            yaml_serde::from_str("{}")
-        } else {
-            yaml_serde::from_str(text)
-        }
-        .map_err(|e| ConfigError::Syntax {
-            file: file.to_owned(),
-            location: e
-                .location()
-                .map(|l| format!(":{}:{}", l.line(), l.column()))
-                .unwrap_or_default(),
-            message: strip_location(&e.to_string()),
+        // An empty file means "all defaults", like `{}`.
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        // serde_path_to_error names the exact field (`sources.x.password`) where the YAML
+        // error alone names only the enclosing map.
+        let mut config: Config = serde_path_to_error::deserialize(
+            yaml_serde::Deserializer::from_str(text),
+        )
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = strip_location(&inner.to_string());
+            let message = match message.split_once(": ") {
+                // yaml_serde already prefixed a (shorter) path: use the full one.
+                Some((prefix, rest)) if path.starts_with(prefix) && !prefix.contains(' ') => {
+                    format!("{path}: {rest}")
+                }
+                _ if path == "." || path.is_empty() => message,
+                _ => format!("{path}: {message}"),
+            };
+            ConfigError::Syntax {
+                file: file.to_owned(),
+                location: inner
+                    .location()
+                    .map(|l| format!(":{}:{}", l.line(), l.column()))
+                    .unwrap_or_default(),
+                message,
+            }
         })?;
         config.file = file.to_owned();
         Ok(config)
@@ -1046,6 +1060,19 @@ mod tests {
         assert!(text.starts_with("test.yaml:5:"), "{text}");
         assert!(text.contains("sink.log"), "{text}");
         assert!(text.contains("unknown field `retension`"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_field_and_the_variable() {
+        let err = parse("sources:\n  f:\n    type: nasa_firms\n    interval: 5m\n    map_key: ${FIRESTREAM_TEST_UNSET_KEY}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "sources.f.map_key: environment variable FIRESTREAM_TEST_UNSET_KEY is not set"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
