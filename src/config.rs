@@ -845,6 +845,12 @@ impl Config {
                 self.sink.log.dir.display()
             ));
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!(
+                "log.level: {:?} is not a log filter ({e}); write a level such as `info`, or `info,firestream::sinks=debug`",
+                self.log.level
+            ));
+        }
         if self.dedupe.window.0.is_zero() {
             problems.push("dedupe.window: must be longer than 0s".to_owned());
         }
@@ -1196,6 +1202,18 @@ sources:
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
         assert_eq!(problems.len(), 10, "{all}");
+    }
+
+    #[test]
+    fn an_invalid_log_level_is_a_config_error() {
+        let err = parse("log: {level: \"info,firestream=loud\"}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("log.level: \"info,firestream=loud\" is not a log filter"),
+            "{err}"
+        );
+        assert!(parse("log: {level: \"info,firestream::sinks=debug\"}").is_ok());
     }
 
     #[test]
