@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::record::{GEOHASH_PRECISION, Priority};
-use crate::secret::Secret;
+use crate::secret::{Secret, UrlTemplate};
 use crate::sources::SourceType;
 
 /// Why a config file cannot be used.
@@ -238,7 +238,7 @@ pub struct SourceConfig {
 
     // ---- HTTP transport (every type but `mqtt`) ----
     /// The API's base URL (each type has its public default), or the endpoint for `http`.
-    pub url: Option<String>,
+    pub url: Option<UrlTemplate>,
     /// Per-request timeout (default 30s).
     pub timeout: Option<Dur>,
     /// Largest response body accepted (default 64MiB).

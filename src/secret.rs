@@ -55,6 +55,16 @@ impl<'de> Deserialize<'de> for Secret {
 /// Expands `${VAR}`, `${VAR:-default}` and `${VAR:?message}` in `text`. `$$` is a literal
 /// `$`. An unset variable without a default is an error naming it (never its value).
 pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    expand_env_noting(text, lookup, &mut Vec::new())
+}
+
+/// [`expand_env`], also collecting the values it substituted (they are secrets to redact
+/// wherever the expanded text is shown, e.g. a key in a URL's query).
+pub fn expand_env_noting(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+    substituted: &mut Vec<Secret>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('$') {
@@ -85,8 +95,16 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
             ));
         }
         match (lookup(name).filter(|v| !v.is_empty()), fallback) {
-            (Some(value), _) => out.push_str(&value),
-            (None, Some((":-", default))) => out.push_str(default),
+            (Some(value), _) => {
+                out.push_str(&value);
+                substituted.push(Secret(value));
+            }
+            (None, Some((":-", default))) => {
+                out.push_str(default);
+                if !default.is_empty() {
+                    substituted.push(Secret(default.to_owned()));
+                }
+            }
             (None, Some((_, message))) => {
                 return Err(format!("environment variable {name} is not set: {message}"));
             }
@@ -113,12 +131,114 @@ pub fn redact<'a>(text: &str, secrets: impl IntoIterator<Item = &'a Secret>) -> 
             continue;
         }
         out = out.replace(value, REDACTED);
-        let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
-        if encoded != value {
-            out = out.replace(&encoded, REDACTED);
+        // As a query value (`a+b%2F`), and as a path segment or fully escaped (`a%20b%2F`).
+        let form: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        let escaped =
+            percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        for encoded in [form, escaped] {
+            if encoded != value {
+                out = out.replace(&encoded, REDACTED);
+                out = out.replace(&encoded.to_ascii_lowercase(), REDACTED);
+            }
         }
     }
     out
+}
+
+/// A URL from config: `${VAR}` references expanded at load, with the values they brought
+/// kept as secrets, so the URL can be shown redacted (a token in its query string).
+#[derive(Clone, PartialEq, Eq)]
+pub struct UrlTemplate {
+    expanded: String,
+    secrets: Vec<Secret>,
+}
+
+impl UrlTemplate {
+    pub fn new(text: impl Into<String>) -> Self {
+        UrlTemplate {
+            expanded: text.into(),
+            secrets: Vec::new(),
+        }
+    }
+
+    /// The URL to request. Never log it: use [`shown_url`].
+    pub fn expose(&self) -> &str {
+        &self.expanded
+    }
+
+    /// The values `${VAR}` references brought in.
+    pub fn secrets(&self) -> &[Secret] {
+        &self.secrets
+    }
+}
+
+impl fmt::Debug for UrlTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&shown_url(&self.expanded, &self.secrets))
+    }
+}
+
+impl<'de> Deserialize<'de> for UrlTemplate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let mut secrets = Vec::new();
+        let expanded = expand_env_noting(&text, |name| std::env::var(name).ok(), &mut secrets)
+            .map_err(serde::de::Error::custom)?;
+        Ok(UrlTemplate { expanded, secrets })
+    }
+}
+
+/// Query parameters whose values are credentials, by name (case-insensitive substring).
+const SECRET_PARAMS: [&str; 8] = [
+    "key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "signature",
+    "sig",
+    "auth",
+];
+
+/// A URL as it may be shown: `secrets` redacted, any user and password in it redacted,
+/// and the values of query parameters named like credentials (`api_key`, `token`, …)
+/// redacted. Text that is not a URL is only redacted of `secrets`.
+pub fn shown_url<'a>(url: &str, secrets: impl IntoIterator<Item = &'a Secret>) -> String {
+    let secrets: Vec<&Secret> = secrets.into_iter().collect();
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return redact(url, secrets);
+    };
+    if !parsed.username().is_empty() {
+        let _ = parsed.set_username(REDACTED);
+    }
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some(REDACTED));
+    }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let name = k.to_ascii_lowercase();
+                let secret = SECRET_PARAMS.iter().any(|s| name.contains(s));
+                (
+                    k.into_owned(),
+                    if secret {
+                        REDACTED.to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    // The URL's own encoding of `<redacted>` reads badly in logs.
+    let text = parsed
+        .to_string()
+        .replace("%3Credacted%3E", REDACTED)
+        .replace("%3credacted%3e", REDACTED);
+    redact(&text, secrets)
 }
 
 #[cfg(test)]
@@ -168,5 +288,33 @@ mod tests {
         let text = "https://h/api/a b/c+d=/x?key=a+b%2Fc%2Bd%3D";
         let out = redact(text, [&key]);
         assert_eq!(out, "https://h/api/<redacted>/x?key=<redacted>");
+    }
+
+    #[test]
+    fn shown_urls_hide_credentials_in_userinfo_query_and_references() {
+        let shown = shown_url(
+            "https://user:pa55word@example.org/v1/x?api_key=K123&format=json&access_token=T9&page=2",
+            [],
+        );
+        assert_eq!(
+            shown,
+            "https://<redacted>:<redacted>@example.org/v1/x?api_key=<redacted>&format=json&access_token=<redacted>&page=2"
+        );
+        let key = Secret::new("PATHKEY-42");
+        assert_eq!(
+            shown_url("https://h/api/PATHKEY-42/world", [&key]),
+            "https://h/api/<redacted>/world"
+        );
+        let mut found = Vec::new();
+        let url = expand_env_noting("https://h/q?t=${KEY}", env, &mut found).unwrap();
+        assert_eq!(url, "https://h/q?t=abc123");
+        assert_eq!(shown_url(&url, &found), "https://h/q?t=<redacted>");
+    }
+
+    #[test]
+    fn redacts_percent_escaped_forms() {
+        let key = Secret::new("k ey/+&=");
+        assert_eq!(redact("x k%20ey%2F%2B%26%3D y", [&key]), "x <redacted> y");
+        assert_eq!(redact("x k%20ey%2f%2b%26%3d y", [&key]), "x <redacted> y");
     }
 }

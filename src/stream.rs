@@ -21,6 +21,7 @@ use crate::dlq::{DeadLetter, Stage};
 use crate::http::{BreakerState, CircuitBreaker, FetchError};
 use crate::mode::{Mode, PriorityPolicy};
 use crate::queue::Queue;
+use crate::secret::Secret;
 use crate::sources::{Parser, Row, SourceType};
 use crate::stats::{Stats, StreamStats};
 use crate::transport::file::{self, FileTransport};
@@ -133,6 +134,10 @@ impl Stream {
             input,
             origin,
             not_before: None,
+            secrets: match &self.transport {
+                Transport::Http(source) => source.transport.secrets(),
+                _ => Arc::from(Vec::new()),
+            },
         }
     }
 
@@ -338,7 +343,14 @@ impl Stream {
     /// and a DLQ record (`stage: fetch`) when upstream answered with something unusable.
     async fn fetch_failed(&mut self, e: &FetchError, stream_stats: &StreamStats) {
         stream_stats.payload_errors.fetch_add(1, Relaxed);
-        warn!(error_kind = e.kind(), error = %e, "fetch failed");
+        // Upstream may echo the key it was given (in an error page, a problem document).
+        let redact = |text: &str| match &self.transport {
+            Transport::Http(source) => source.transport.redact(text),
+            _ => text.to_owned(),
+        };
+        let text = redact(&e.to_string());
+        let excerpt = redact(e.excerpt().unwrap_or_default());
+        warn!(error_kind = e.kind(), error = %text, "fetch failed");
         let pause = match e {
             FetchError::Status { status: 402, .. } => Some((
                 PAYMENT_PAUSE,
@@ -365,23 +377,17 @@ impl Stream {
             source.paused_until = Some(Instant::now() + wait);
         }
         stream_stats.update_status(|s| {
-            s.last_error = Some(e.to_string());
+            s.last_error = Some(text.clone());
             s.last_error_kind = Some(e.kind());
             if let FetchError::BudgetExhausted { .. } = e {
-                s.paused = Some(e.to_string());
+                s.paused = Some(text.clone());
             } else if paused_text.is_some() {
                 s.paused = paused_text;
             }
         });
         if e.is_bad_payload() {
             self.stats.add_dead_letter(Stage::Fetch);
-            let dead = DeadLetter::raw(
-                Stage::Fetch,
-                e.kind(),
-                e.to_string(),
-                self.id.clone(),
-                e.excerpt().unwrap_or_default().to_owned(),
-            );
+            let dead = DeadLetter::raw(Stage::Fetch, e.kind(), text, self.id.clone(), excerpt);
             if self.queue.push_dead(dead).await.is_err() {
                 self.stats.dlq_write_failures.fetch_add(1, Relaxed);
             }
@@ -488,9 +494,19 @@ struct PayloadJob {
     origin: String,
     /// Records with an older event time are not new (`/latest` going backwards).
     not_before: Option<DateTime<Utc>>,
+    /// Secrets an HTTP answer may echo; redacted from every dead letter and log line.
+    secrets: Arc<[Secret]>,
 }
 
 impl PayloadJob {
+    fn redact(&self, text: &str) -> String {
+        if self.secrets.is_empty() {
+            text.to_owned()
+        } else {
+            crate::secret::redact(text, self.secrets.iter())
+        }
+    }
+
     fn run(self) -> JobResult {
         let (mut input, from_http): (Box<dyn BufRead + Send>, bool) = match &self.input {
             Input::File(path) => match file::open(path) {
@@ -546,9 +562,12 @@ impl PayloadJob {
                     let dead = DeadLetter::raw(
                         Stage::Validate,
                         "invalid_row",
-                        format!("{} {}: {}", self.origin, invalid.position, invalid.reason),
+                        self.redact(&format!(
+                            "{} {}: {}",
+                            self.origin, invalid.position, invalid.reason
+                        )),
                         self.stream.clone(),
-                        invalid.raw,
+                        self.redact(&invalid.raw),
                     );
                     self.stats.add_dead_letter(Stage::Validate);
                     if runtime.block_on(self.queue.push_dead(dead)).is_err() {
@@ -572,17 +591,18 @@ impl PayloadJob {
                 } else {
                     (Stage::Parse, false)
                 };
-                warn!(origin = %self.origin, error_kind = e.kind(), error = %e, "payload rejected");
+                let reason = self.redact(&format!("{}: {e}", self.origin));
+                warn!(error_kind = e.kind(), error = %reason, "payload rejected");
                 self.stream_stats.update_status(|s| {
-                    s.last_error = Some(format!("{}: {e}", self.origin));
+                    s.last_error = Some(reason.clone());
                     s.last_error_kind = Some(e.kind());
                 });
                 let dead = DeadLetter::raw(
                     stage,
                     e.kind(),
-                    format!("{}: {e}", self.origin),
+                    reason,
                     self.stream.clone(),
-                    e.excerpt().unwrap_or_default().to_owned(),
+                    self.redact(e.excerpt().unwrap_or_default()),
                 );
                 self.stats.add_dead_letter(stage);
                 if runtime.block_on(self.queue.push_dead(dead)).is_err() {

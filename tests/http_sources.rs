@@ -482,3 +482,82 @@ async fn a_stop_does_not_wait_for_a_slow_upstream() {
     );
     assert_eq!(report.streams["firms_ca"].rows, 0);
 }
+
+#[tokio::test]
+async fn keys_echoed_by_upstream_never_reach_the_dlq_or_the_status() {
+    let server = Replay::start().await;
+    let firms_key = FIRMS_KEY;
+    let pa_key = "PA-ECHO-KEY-0123456789";
+    let an_key = "AN-KEY/with+odd&chars=";
+    let encoded: String = url::form_urlencoded::byte_serialize(an_key.as_bytes()).collect();
+    server.script(
+        FIRMS_PATH,
+        vec![Reply::new(
+            400,
+            "text/html",
+            format!("<html><body>Invalid MAP_KEY: {FIRMS_PATH}</body></html>"),
+        )],
+    );
+    server.script(
+        "/v1/sensors",
+        vec![Reply::json(format!(
+            r#"{{"api_version": "V1.0.11", "error": "ApiKeyInvalidError", "description": "The key {pa_key} is not valid."}}"#
+        ))],
+    );
+    server.script(
+        "/aq/data/",
+        vec![Reply::new(
+            200,
+            "text/plain",
+            format!("Invalid API key: API_KEY={encoded}"),
+        )],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}  pa:\n    type: purpleair\n    interval: 1h\n    url: {base}\n    api_key: {pa_key}\n    fields: [last_seen, pm2.5_atm]\n    retries: 0\n  an:\n    type: airnow\n    interval: 1h\n    url: {base}\n    api_key: \"{an_key}\"\n    bbox: [-118.9, 33.6, -117.6, 34.4]\n    retries: 0\n",
+        firms_source(&server, ""),
+        base = server.base
+    );
+    let config = common::config(dir.path(), &yaml);
+    let (_, stats) = run_until(config, |s| {
+        ["firms_ca", "pa", "an"].iter().all(|id| polls(s, id) >= 1)
+    })
+    .await;
+    let dead = dead_letters(&dir.path().join("log"));
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let mut everything = serde_json::to_string(&dead).unwrap();
+    for id in ["firms_ca", "pa", "an"] {
+        everything.push_str(&format!("{:?}", stats.stream(id).status()));
+    }
+    for secret in [firms_key, pa_key, an_key, encoded.as_str()] {
+        assert!(!everything.contains(secret), "{secret} in {everything}");
+    }
+    assert!(everything.contains("<redacted>"), "{everything}");
+}
+
+#[tokio::test]
+async fn a_url_takes_secrets_from_the_environment_and_shows_them_redacted() {
+    let server = Replay::start().await;
+    server.script("/feed", vec![Reply::status(403)]);
+    let dir = tempfile::tempdir().unwrap();
+    // An unset variable with a default: the default is substituted, and treated as the
+    // secret it stands for.
+    let config = common::config(
+        dir.path(),
+        &format!(
+            "sources:\n  feed:\n    type: http\n    interval: 1h\n    url: \"http://reader:pw-0123456789@{}/feed?format=json&token=${{FIRESTREAM_TEST_UNSET_TOKEN:-tok-ENV-0123456789}}\"\n    topic: wildfire-feed\n    retries: 0\n",
+            server.base.trim_start_matches("http://")
+        ),
+    );
+    let (_, stats) = run_until(config, |s| polls(s, "feed") >= 1).await;
+    assert!(
+        server.seen()[0]
+            .target
+            .ends_with("token=tok-ENV-0123456789")
+    );
+    let dead = dead_letters(&dir.path().join("log"));
+    let everything = format!("{dead:?} {:?}", stats.stream("feed").status());
+    assert!(!everything.contains("tok-ENV-0123456789"), "{everything}");
+    assert!(!everything.contains("pw-0123456789"), "{everything}");
+    assert!(everything.contains("token=<redacted>"), "{everything}");
+}

@@ -339,7 +339,9 @@ impl ApiClient {
                 Err(e) if e.is_retriable() && attempt <= request.retries => {
                     self.counters.retries.fetch_add(1, Relaxed);
                     let wait = full_jitter(attempt);
-                    debug!(host = %self.host, url = %request.shown, attempt, error = %e, wait_ms = wait.as_millis() as u64, "request failed; retrying");
+                    // The error's text may echo a key from the response: only its kind is logged here;
+                    // the stream logs the final error redacted.
+                    debug!(host = %self.host, url = %request.shown, attempt, error_kind = e.kind(), wait_ms = wait.as_millis() as u64, "request failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
                 other => return other,

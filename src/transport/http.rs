@@ -20,7 +20,7 @@ use url::Url;
 
 use crate::config::{HttpConfig, HttpFormat, SourceConfig};
 use crate::http::{ApiClient, ApiClients, Expect, FetchError, Fetched, Request, Validators};
-use crate::secret::{Secret, redact};
+use crate::secret::{Secret, redact, shown_url};
 use crate::sources::SourceType;
 
 /// Default upstreams (DESIGN §4); `url:` replaces the base (tests point it at a local server).
@@ -104,7 +104,7 @@ pub struct HttpTransport {
     source_id: Arc<str>,
     plan: Plan,
     headers: HeaderMap,
-    secrets: Vec<Secret>,
+    secrets: Arc<[Secret]>,
     expect: Expect,
     timeout: Duration,
     max_body: u64,
@@ -125,7 +125,7 @@ impl HttpTransport {
         clients: Arc<ApiClients>,
     ) -> Result<Self, PlanError> {
         let base = match (&config.url, default_base(config.source_type)) {
-            (Some(url), _) => url.clone(),
+            (Some(url), _) => url.expose().to_owned(),
             (None, Some(default)) => default.to_owned(),
             (None, None) => {
                 return Err(PlanError(format!(
@@ -137,11 +137,14 @@ impl HttpTransport {
         let mut secrets: Vec<Secret> = config.headers.values().cloned().collect();
         secrets.extend(config.map_key.iter().cloned());
         secrets.extend(config.api_key.iter().cloned());
+        if let Some(url) = &config.url {
+            secrets.extend(url.secrets().iter().cloned());
+        }
         let parse = |text: &str| {
             Url::parse(text).map_err(|e| {
                 PlanError(format!(
                     "sources.{source_id}.url: {:?} is not a URL: {e}",
-                    redact(text, &secrets)
+                    shown_url(text, &secrets)
                 ))
             })
         };
@@ -249,7 +252,7 @@ impl HttpTransport {
             source_id,
             plan,
             headers,
-            secrets,
+            secrets: Arc::from(secrets),
             expect,
             timeout: config.timeout.map_or(Duration::from_secs(30), |d| d.0),
             max_body: config.max_body.map_or(64 << 20, |s| s.0),
@@ -280,8 +283,19 @@ impl HttpTransport {
         }
     }
 
+    /// `text` (an upstream answer, an error) with this source's secrets redacted: an API
+    /// may echo the key it was given.
+    pub fn redact(&self, text: &str) -> String {
+        redact(text, self.secrets.iter())
+    }
+
+    /// The secrets a payload of this source may echo.
+    pub fn secrets(&self) -> Arc<[Secret]> {
+        self.secrets.clone()
+    }
+
     fn request(&self, url: Url) -> Request {
-        let shown = redact(url.as_str(), &self.secrets);
+        let shown = shown_url(url.as_str(), self.secrets.iter());
         Request {
             url,
             shown,
@@ -512,7 +526,7 @@ pub fn check_config(at: &str, s: &SourceConfig, problems: &mut Vec<String>) {
         return;
     }
     if let Some(url) = &s.url {
-        match Url::parse(url) {
+        match Url::parse(url.expose()) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             Ok(u) => problems.push(format!(
                 "{at}.url: scheme {:?} is not supported; use http:// or https://",
