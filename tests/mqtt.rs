@@ -127,6 +127,7 @@ impl Publisher {
     async fn connect(port: u16, client_id: &str) -> Publisher {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5));
+        options.set_max_packet_size(8 << 20, 8 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         let (tx, acked) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -589,4 +590,38 @@ async fn a_message_is_acked_only_after_its_record_is_settled() {
     assert!(nothing.is_err(), "an acked message must not come back");
     assert!(third.status.connections() > 0);
     third.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_dead_lettered_and_does_not_wedge_the_source() {
+    let broker = Broker::start();
+    let running = run(&broker, "").await;
+    let mut publisher = Publisher::connect(broker.port, "test-pub").await;
+    running.wait_subscribed(&mut publisher).await;
+    let big = format!(
+        "{{\"pad\": \"{}\", \"temperature_c\": 1}}",
+        "x".repeat(2 << 20)
+    );
+    publisher.publish("sensors/big/data", &big, false).await;
+    publisher
+        .publish(
+            "sensors/tower-7/data",
+            &reading("2026-08-01T20:15:00-07:00", 38.5),
+            false,
+        )
+        .await;
+    running
+        .wait_for("the reading after the big one", |r| r.readings().len() == 1)
+        .await;
+    running
+        .wait_for("the dead letter", |r| {
+            !envelopes(&r.log, "firestream-dlq").is_empty()
+        })
+        .await;
+    let dead = envelopes(&running.log, "firestream-dlq");
+    let report = running.stop().await;
+    assert_eq!(dead.len(), 1);
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("larger than the 1048576 bytes"), "{reason}");
+    assert_eq!(report.streams["iot"].invalid, 1);
 }

@@ -37,6 +37,9 @@ use crate::record::{
 /// Largest payload text kept whole in a DLQ record; longer ones are cut to an excerpt.
 const MAX_RAW_BYTES: usize = 64 * 1024;
 
+/// Largest payload mapped to a reading; a larger one is dead-lettered (with an excerpt).
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
 /// Epoch numbers at or above this are milliseconds (10^11 s is the year 5138).
 const EPOCH_MS_FROM: f64 = 1e11;
 
@@ -80,6 +83,12 @@ impl MqttMapper {
         retained: bool,
         received_at: DateTime<Utc>,
     ) -> Result<Record, String> {
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(format!(
+                "payload of {} bytes is larger than the {MAX_PAYLOAD_BYTES} bytes a sensor reading may be",
+                payload.len()
+            ));
+        }
         let text = std::str::from_utf8(payload)
             .map_err(|_| "payload is not UTF-8 text (binary payloads are not supported)")?;
         if text.trim().is_empty() {

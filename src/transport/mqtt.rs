@@ -45,9 +45,17 @@ use crate::sources::Row;
 use crate::sources::mqtt::{BrokerUrl, MqttMapper};
 use crate::stats::{Stats, StreamStats};
 
-/// Largest MQTT packet accepted. A larger one makes rumqttc drop the connection, and the
-/// broker would redeliver it forever, so keep it well above any sensor payload.
-pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
+/// Largest MQTT packet accepted: the protocol's own maximum (a remaining length of
+/// 268,435,455 bytes). A packet over the client's limit makes rumqttc drop the connection
+/// before the message can be acknowledged, and on a persistent session the broker then
+/// redelivers it forever, wedging the source. So every packet is taken in, and a payload
+/// too large to be a sensor reading is dead-lettered and acknowledged instead (see
+/// `sources::mqtt::MAX_PAYLOAD_BYTES`). Limit memory with the broker's
+/// `message_size_limit` (Mosquitto).
+pub const MAX_PACKET_BYTES: usize = 268_435_455 + 5;
+
+/// Largest packet we send (subscriptions, acks).
+const MAX_OUTGOING_BYTES: usize = 1024 * 1024;
 
 /// Requests (acks, subscribes) buffered towards the event loop.
 const REQUEST_CAPACITY: usize = 1024;
@@ -162,7 +170,7 @@ impl MqttTransport {
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_keep_alive(KEEP_ALIVE)
-            .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+            .set_max_packet_size(MAX_PACKET_BYTES, MAX_OUTGOING_BYTES);
         if let Some(user) = &self.username {
             let password = self.password.as_ref().map_or("", Secret::expose);
             options.set_credentials(user.clone(), password);
