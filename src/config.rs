@@ -824,6 +824,7 @@ impl Config {
             }
         }
         self.check_sink(&mut problems);
+        crate::transport::http::check_http(&self.http, &mut problems);
         if self.queue.max_records == 0 {
             problems.push("queue.max_records: must be at least 1".to_owned());
         }
@@ -1181,6 +1182,11 @@ sources:
     type: http
     interval: 5m
     url: "ftp://example.org/x"
+    headers: {"Bad Header": x, X-Token: "a\nb"}
+http:
+  hosts:
+    "bad host!": {}
+    api.example.org: {budget: {requests: 0, window: 0s}}
 "#;
         let err = parse(text).unwrap_err();
         let ConfigError::Invalid { problems, .. } = &err else {
@@ -1198,10 +1204,15 @@ sources:
             "sources.an.bbox: give `bbox: [west, south, east, north]` or `latitude` and `longitude`",
             "sources.raw.url: scheme \"ftp\" is not supported",
             "sources.raw.topic: type http has no default topic",
+            "sources.raw.headers: \"Bad Header\" is not a valid header name",
+            "sources.raw.headers.X-Token: the value is not a valid header value",
+            "http.hosts.bad host!: \"bad host!\" is not a host name",
+            "http.hosts.api.example.org.budget.requests: must be at least 1",
+            "http.hosts.api.example.org.budget.window: must be longer than 0s",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
-        assert_eq!(problems.len(), 10, "{all}");
+        assert_eq!(problems.len(), 15, "{all}");
     }
 
     #[test]

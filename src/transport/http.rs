@@ -560,6 +560,25 @@ pub fn check_config(at: &str, s: &SourceConfig, problems: &mut Vec<String>) {
     if let Some(bbox) = s.bbox {
         check_bbox(&format!("{at}.bbox"), bbox, problems);
     }
+    for (name, value) in &s.headers {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problems.push(format!(
+                "{at}.headers: {name:?} is not a valid header name (letters, digits and `-`, no spaces)"
+            ));
+        } else if HeaderValue::from_str(value.expose()).is_err() {
+            // Never echo the value: it may be a secret.
+            problems.push(format!(
+                "{at}.headers.{name}: the value is not a valid header value (no line breaks or control characters)"
+            ));
+        }
+    }
+    if let Some(ua) = &s.user_agent
+        && HeaderValue::from_str(ua).is_err()
+    {
+        problems.push(format!(
+            "{at}.user_agent: not a valid header value (no line breaks or control characters)"
+        ));
+    }
     let missing_secret = |field: &str, secret: &Option<Secret>, hint: &str| {
         if secret.as_ref().is_none_or(Secret::is_empty) {
             Some(format!("{at}.{field}: required to call the API; {hint}"))
@@ -655,6 +674,37 @@ pub fn check_config(at: &str, s: &SourceConfig, problems: &mut Vec<String>) {
             }
         }
         SourceType::Http | SourceType::CalfireIncidents | SourceType::Mqtt => {}
+    }
+}
+
+/// Checks `http:`: the default User-Agent and each host's limits.
+pub fn check_http(http: &HttpConfig, problems: &mut Vec<String>) {
+    if http.user_agent.trim().is_empty() || HeaderValue::from_str(&http.user_agent).is_err() {
+        problems.push(
+            "http.user_agent: must be a non-empty header value that names you and a contact, e.g. \"firestream (agency.example.org, ops@agency.example.org)\""
+                .to_owned(),
+        );
+    }
+    for (host, limits) in &http.hosts {
+        let at = format!("http.hosts.{host}");
+        let valid_host = Url::parse(&format!("http://{host}/"))
+            .ok()
+            .is_some_and(|u| u.host_str().is_some() && u.path() == "/" && !host.contains('/'));
+        if !valid_host {
+            problems.push(format!(
+                "{at}: {host:?} is not a host name (write `api.example.org` or `api.example.org:8443`)"
+            ));
+        }
+        if let Some(budget) = limits.budget {
+            if budget.requests == 0 {
+                problems.push(format!(
+                    "{at}.budget.requests: must be at least 1 (leave `budget` out for no budget)"
+                ));
+            }
+            if budget.window.0.is_zero() {
+                problems.push(format!("{at}.budget.window: must be longer than 0s"));
+            }
+        }
     }
 }
 
