@@ -417,6 +417,7 @@ impl StreamManager {
                 cache_hits = host.cache_hits,
                 rate_limited_waits = host.rate_limited_waits,
                 budget_remaining = ?host.budget_remaining,
+                paused_for_s = ?host.paused_for_s,
                 "upstream host"
             );
         }

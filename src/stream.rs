@@ -248,6 +248,9 @@ impl Stream {
             source.paused_until = None;
             stream_stats.update_status(|s| s.paused = None);
         }
+        // Visible from the first poll on, even while it waits on a host pause.
+        let state = source.breaker.state(now);
+        stream_stats.update_status(|s| s.circuit = Some(state.as_str()));
         if let Err(wait) = source.breaker.permit(now) {
             debug!(probe_in_s = wait.as_secs(), "circuit open; poll skipped");
             stream_stats.polls_skipped.fetch_add(1, Relaxed);

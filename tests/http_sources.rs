@@ -561,3 +561,24 @@ async fn a_url_takes_secrets_from_the_environment_and_shows_them_redacted() {
     assert!(!everything.contains("pw-0123456789"), "{everything}");
     assert!(everything.contains("token=<redacted>"), "{everything}");
 }
+
+#[tokio::test]
+async fn a_station_discovery_that_finds_nothing_fails_the_poll_and_is_asked_again() {
+    let server = Replay::start().await;
+    server.script("/stations", vec![Reply::json("[]")]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config(
+        dir.path(),
+        &format!(
+            "sources:\n  obs_ca:\n    type: nws_observations\n    interval: 1s\n    url: {}\n    state: CA\n",
+            server.base
+        ),
+    );
+    let (report, stats) = run_until(config, |s| polls(s, "obs_ca") >= 2).await;
+    assert!(report.streams["obs_ca"].polls_failed >= 2);
+    // Not cached as "no stations" for a day: asked again on the next poll.
+    assert!(server.hits("/stations") >= 2);
+    let status = stats.stream("obs_ca").status();
+    assert_eq!(status.last_error_kind, Some("unexpected_json"));
+    assert!(status.last_error.unwrap().contains("found no stations"));
+}

@@ -340,7 +340,13 @@ impl HttpTransport {
                         }
                         Ok(None) => break,
                         Err(reason) => {
-                            warn!(stream = %self.source_id, reason, "next-page link not followed");
+                            out.failures.push(FetchError::Content {
+                                url: shown_url(url.as_str(), self.secrets.iter()),
+                                source: crate::sources::PayloadError::UnexpectedJson {
+                                    detail: format!("next-page link not followed: {reason}"),
+                                    excerpt: String::new(),
+                                },
+                            });
                             break;
                         }
                     }
@@ -460,6 +466,19 @@ impl HttpTransport {
         }
         found.sort();
         found.dedup();
+        if found.is_empty() {
+            // Every state has stations: an empty list is a wrong answer, not a fact to keep
+            // for a day.
+            return Err(FetchError::Content {
+                url: shown_url(base.as_str(), self.secrets.iter()),
+                source: crate::sources::PayloadError::UnexpectedJson {
+                    detail: format!(
+                        "station discovery for state {state} found no stations (expected a GeoJSON FeatureCollection of stations with properties.stationIdentifier)"
+                    ),
+                    excerpt: String::new(),
+                },
+            });
+        }
         info!(stream = %self.source_id, state, stations = found.len(), "stations discovered");
         if let Plan::Stations { discovered, .. } = &mut self.plan {
             *discovered = Some((found.clone(), Instant::now()));
@@ -735,8 +754,14 @@ fn next_page(body: &[u8], pointer: &str, current: &Url) -> Result<Option<Url>, S
     let Ok(doc) = serde_json::from_slice::<Value>(body) else {
         return Ok(None);
     };
-    let Some(link) = doc.pointer(pointer).and_then(Value::as_str) else {
-        return Ok(None);
+    let link = match doc.pointer(pointer) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(link)) => link,
+        Some(other) => {
+            return Err(format!(
+                "the value at {pointer} is {other}, not a URL string; pagination stops here"
+            ));
+        }
     };
     if link.is_empty() {
         return Ok(None);
@@ -923,5 +948,11 @@ mod tests {
         assert_eq!(next_page(b"{}", "/links/next", &here), Ok(None));
         let away = br#"{"links": {"next": "https://evil.example/items?page=2"}}"#;
         assert!(next_page(away, "/links/next", &here).is_err());
+        let number = br#"{"links": {"next": 5}}"#;
+        assert!(
+            next_page(number, "/links/next", &here)
+                .unwrap_err()
+                .contains("is 5, not a URL string")
+        );
     }
 }
