@@ -21,6 +21,7 @@ use crate::dlq::{DeadLetter, Stage};
 use crate::http::{BreakerState, CircuitBreaker, FetchError};
 use crate::mode::{Mode, PriorityPolicy};
 use crate::queue::Queue;
+use crate::record::RecordId;
 use crate::secret::Secret;
 use crate::sources::{Parser, Row, SourceType};
 use crate::stats::{Stats, StreamStats};
@@ -124,6 +125,7 @@ impl Stream {
     ) -> PayloadJob {
         PayloadJob {
             stream: self.id.clone(),
+            source_type: self.source_type,
             parser: self.parser.clone(),
             priority: self.priority,
             dedupe: self.dedupe.clone(),
@@ -485,6 +487,7 @@ enum Input {
 /// Parses one payload on a blocking thread, feeding the queue as it goes.
 struct PayloadJob {
     stream: Arc<str>,
+    source_type: SourceType,
     parser: Arc<dyn Parser>,
     priority: PriorityPolicy,
     dedupe: Arc<Dedupe>,
@@ -561,6 +564,16 @@ impl PayloadJob {
                     }
                 }
                 Row::Invalid(invalid) => {
+                    // The same bad row fetched again (the next poll of the same window, a file
+                    // given twice) is dead-lettered once per dedupe window, like a record.
+                    let key = RecordId::from_natural_key(
+                        self.source_type,
+                        &["invalid", &self.stream, &invalid.reason, &invalid.raw],
+                    );
+                    if !self.dedupe.insert_if_new(key, Utc::now()) {
+                        self.stream_stats.duplicates.fetch_add(1, Relaxed);
+                        return true;
+                    }
                     self.stream_stats.invalid.fetch_add(1, Relaxed);
                     let dead = DeadLetter::raw(
                         Stage::Validate,

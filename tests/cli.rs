@@ -213,6 +213,34 @@ fn ingest_json_summary_and_dlq_for_a_bad_row() {
             .ends_with("bad.csv line 3: latitude 95.1 is outside -90..90"),
         "{dlq}"
     );
+
+    // The same bad row read twice in one run is dead-lettered once, the repeat counted as a
+    // duplicate like a repeated record: rows = records emitted + duplicates + invalid.
+    std::fs::copy(dir.path().join("bad.csv"), dir.path().join("again.csv")).unwrap();
+    let out = firestream(
+        dir.path(),
+        &[
+            "ingest",
+            "-c",
+            "config.yaml",
+            "--source-type",
+            "nasa_firms",
+            "--json",
+            "bad.csv",
+            "again.csv",
+        ],
+    );
+    let summary: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let s = &summary["streams"]["ingest_nasa_firms"];
+    assert_eq!(
+        (s["rows"].as_u64(), s["enqueued"].as_u64()),
+        (Some(80), Some(39))
+    );
+    assert_eq!(
+        (s["duplicates"].as_u64(), s["invalid"].as_u64()),
+        (Some(40), Some(1))
+    );
+    assert_eq!(summary["dead_letters"]["validate"], 1);
 }
 
 #[test]
