@@ -515,6 +515,23 @@ pub fn dead_letters_by_stage(report: &Report) -> Vec<(&'static str, u64)> {
 
 /// Settings the configured sink does not use, said once at start rather than ignored.
 fn warn_about_unused_settings(config: &Config) {
+    let default_agent = crate::config::HttpConfig::default().user_agent;
+    for (id, source) in &config.sources {
+        let nws = matches!(
+            source.source_type,
+            SourceType::NwsObservations | SourceType::NwsAlerts
+        );
+        if nws
+            && source.is_http()
+            && source.user_agent.is_none()
+            && config.http.user_agent == default_agent
+        {
+            warn!(
+                stream = %id,
+                "NWS asks every client for a User-Agent that names the application and a contact; set `http.user_agent: \"(your-agency.example.org, ops@your-agency.example.org)\"`"
+            );
+        }
+    }
     if config.sink.kind != SinkKind::Log {
         return;
     }

@@ -338,9 +338,12 @@ impl Session<'_> {
     async fn handle(&mut self, publish: Publish, generation: u64) {
         let stats = self.stream_stats.clone();
         stats.rows.fetch_add(1, Ordering::Relaxed);
-        let row = self
-            .mapper
-            .map(&publish.topic, &publish.payload, publish.retain, Utc::now());
+        let row = self.mapper.map(
+            &publish.topic,
+            &publish.payload,
+            publish.retain,
+            received_now(),
+        );
         let ack = self.ack(publish, generation);
         match row {
             Row::Valid(mut record) => {
@@ -608,6 +611,15 @@ pub fn describe(e: &ConnectionError) -> (&'static str, String) {
         }
         other => ("protocol", other.to_string()),
     }
+}
+
+/// The receive time, to the millisecond like `ingested_at` (a clock's nanoseconds are not
+/// the sensor's precision).
+fn received_now() -> chrono::DateTime<Utc> {
+    use chrono::DurationRound;
+    let now = Utc::now();
+    now.duration_trunc(chrono::TimeDelta::milliseconds(1))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]
