@@ -42,7 +42,7 @@ pub struct Config {
     #[serde(default)]
     pub sink: SinkConfig,
     /// Keyed by stream id.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub sources: BTreeMap<String, SourceConfig>,
     #[serde(default)]
     pub queue: QueueConfig,
@@ -53,7 +53,7 @@ pub struct Config {
     #[serde(default)]
     pub routing: RoutingConfig,
     /// Topic settings; topics not listed get the defaults of [`TopicConfig`].
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub topics: BTreeMap<String, TopicConfig>,
     #[serde(default)]
     pub log: LogConfig,
@@ -154,7 +154,7 @@ impl<'de> Deserialize<'de> for KafkaProperties {
             Float(f64),
             Bool(bool),
         }
-        let raw = BTreeMap::<String, Scalar>::deserialize(deserializer)?;
+        let raw: BTreeMap<String, Scalar> = unique_keys(deserializer)?;
         Ok(KafkaProperties(
             raw.into_iter()
                 .map(|(k, v)| {
@@ -252,7 +252,7 @@ pub struct SourceConfig {
     /// Overrides `http.user_agent` (NWS blocks clients without a descriptive one).
     pub user_agent: Option<String>,
     /// Extra request headers; values may be `${VAR}` secrets.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub headers: BTreeMap<String, Secret>,
 
     // ---- nasa_firms ----
@@ -398,7 +398,7 @@ pub struct HttpConfig {
     #[serde(default = "default_user_agent")]
     pub user_agent: String,
     /// Per-host limits, keyed by host name; known hosts have defaults (README).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub hosts: BTreeMap<String, HostConfig>,
 }
 
@@ -656,6 +656,43 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// A map whose keys must be unique: YAML (and serde's maps) let a repeated key silently
+/// replace the first — a second source with the same id would make the first vanish.
+fn unique_keys<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Unique<V>(std::marker::PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Unique<V> {
+        type Value = BTreeMap<String, V>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!(
+                        "`{key}` is given twice; each key may appear once (the second would silently replace the first)"
+                    )));
+                }
+                let value = map.next_value()?;
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_map(Unique(std::marker::PhantomData))
 }
 
 /// A duration written like `30s`, `5m`, `24h`, `7d`.
@@ -1080,6 +1117,18 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_error_not_a_silent_replacement() {
+        let err = parse("sources:\n  a: {type: nasa_firms, interval: 5m, paths: [x.csv]}\n  a: {type: nws_alerts, interval: 5m, paths: [y.json]}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sources: `a` is given twice"), "{err}");
+        let err = parse("topics:\n  t: {partitions: 1}\n  t: {partitions: 2}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`t` is given twice"), "{err}");
     }
 
     #[test]
