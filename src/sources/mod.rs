@@ -256,7 +256,7 @@ pub fn build_parser(source_id: Arc<str>, config: &SourceConfig) -> Arc<dyn Parse
 /// The accepted range of a measured value: a value outside cannot be physically real (a
 /// broken row or a wrong unit), so its row goes to the DLQ instead of being delivered.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Bounds {
+pub struct Bounds {
     pub low: f64,
     pub high: f64,
     /// The low end itself is rejected (a pixel of size 0).
@@ -328,7 +328,7 @@ impl fmt::Display for Bounds {
 
 /// A number for a message: plain, or in exponent form when huge or tiny (`1e308`, not 309
 /// digits).
-pub(crate) fn show_number(x: f64) -> String {
+pub fn show_number(x: f64) -> String {
     if x != 0.0 && !(1e-6..1e9).contains(&x.abs()) {
         format!("{x:e}")
     } else {

@@ -35,17 +35,17 @@ pub const DEFAULT_HIGH_FRP_MW: f64 = 100.0;
 /// Fire radiative power of one pixel. Even extreme fires give single-pixel FRP in the
 /// thousands of MW (the real files in tests/data/real peak at 2,561 MW for a 1 km MODIS
 /// pixel); 100,000 MW (100 GW) from one pixel is beyond any fire, so it is a corrupt value.
-pub(crate) const FRP_MW: Bounds = Bounds::new(0.0, 100_000.0, "MW");
+pub const FRP_MW: Bounds = Bounds::new(0.0, 100_000.0, "MW");
 
 /// Brightness temperatures of both channels (MODIS 21/22 and 31, VIIRS I4 and I5). Channel
 /// 21 saturates near 500 K, VIIRS I4 at 367 K (folding to 208 K), I5 near 380 K; the coldest
 /// cloud tops are about 180 K. 150–800 K holds every real reading with a margin.
-pub(crate) const BRIGHTNESS_K: Bounds = Bounds::new(150.0, 800.0, "K");
+pub const BRIGHTNESS_K: Bounds = Bounds::new(150.0, 800.0, "K");
 
 /// Pixel size along scan and track. MODIS pixels are 1 km at nadir and grow to about 4.8 ×
 /// 2 km at the swath edge, VIIRS 375 m pixels to about 0.8 km; a pixel has a size above 0,
 /// and 10 km is twice the largest.
-pub(crate) const PIXEL_KM: Bounds = Bounds::above(0.0, 10.0, "km");
+pub const PIXEL_KM: Bounds = Bounds::above(0.0, 10.0, "km");
 
 const REQUIRED: [&str; 5] = ["latitude", "longitude", "acq_date", "acq_time", "satellite"];
 
