@@ -354,7 +354,8 @@ pub(crate) fn not_in_future(
         return Err(format!(
             "{field} {} is in the future: the latest accepted is {reference_name} + 1 day = {}",
             crate::record::format_event_time(&time),
-            crate::record::format_event_time(&latest),
+            // Whole seconds: a wall-clock reference would otherwise print nanoseconds.
+            latest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ));
     }
     Ok(time)
