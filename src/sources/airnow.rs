@@ -13,6 +13,8 @@
 //!
 //! −1 and −999 are AirNow's "no value" in numeric fields: they become null. Other negative
 //! concentrations are kept: regulatory monitors report small negatives in clean air.
+//! Concentrations outside [`Parameter::bounds`] (after conversion) and a reported AQI outside
+//! [`AQI_REPORTED`] make the row invalid.
 //!
 //! The AQI is recomputed (2024 breakpoints) where a concentration and a breakpoint table exist
 //! (PM2.5, PM10 `Value`); otherwise the reported AQI is kept. `pm2_5_ugm3`/`pm10_ugm3` hold
@@ -27,7 +29,7 @@ use std::sync::Arc;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use serde_json::Value;
 
-use super::{Invalid, Parser, PayloadError, Row, SourceType, excerpt, read_json};
+use super::{Bounds, Invalid, Parser, PayloadError, Row, SourceType, excerpt, read_json};
 use crate::config::SourceConfig;
 use crate::record::{
     AirQuality, Data, Kind, Location, Priority, Quality, QualityFlag, Record, RecordId, aqi,
@@ -38,6 +40,11 @@ use crate::record::{
 const MAX_DOCUMENT_BYTES: u64 = 256 * 1024 * 1024;
 
 const EXPECTED: &str = "AirNow JSON";
+
+/// A reported AQI. The index tops out at 500, but AirNow does report values "Beyond the AQI"
+/// in extreme wildfire smoke (EPA counted about 40 occasions in the decade to 2023); a three-digit
+/// AQI is kept as reported, a larger one is not an index value.
+pub const AQI_REPORTED: Bounds = Bounds::new(0.0, 999.0, "");
 
 /// AirNow's "no value" markers in numeric fields.
 const SENTINELS: [f64; 2] = [-1.0, -999.0];
@@ -242,6 +249,20 @@ impl Parameter {
         }
     }
 
+    /// Accepted concentrations in [`Parameter::unit`]. Highs: PM beyond 10,000 µg/m³ is
+    /// denser than the thickest wildfire smoke ever measured at a monitor (a few thousand);
+    /// gases beyond 10,000 ppb (10 ppm) and CO beyond 1,000 ppm are far past any ambient
+    /// reading (ozone records are below 1 ppm, CO in smoke some tens of ppm). Lows: monitors
+    /// report small negatives in clean air (zero noise of a few units; the LA file has −3
+    /// µg/m³), so the floor sits far below that, at −100 µg/m³, −100 ppb, −1 ppm.
+    fn bounds(self) -> Bounds {
+        match self.unit() {
+            Unit::Ugm3 => Bounds::new(-100.0, 10_000.0, "µg/m³"),
+            Unit::Ppb => Bounds::new(-100.0, 10_000.0, "ppb"),
+            Unit::Ppm => Bounds::new(-1.0, 1_000.0, "ppm"),
+        }
+    }
+
     /// AQI from a concentration, where firestream has the breakpoint table.
     fn aqi(self, concentration: f64) -> Option<u16> {
         match self {
@@ -314,17 +335,20 @@ impl AirNowParser {
             let unit = Unit::parse(unit_text)
                 .ok_or_else(|| format!("Unit {unit_text:?} is not UG/M3, PPB or PPM"))?;
             let to = parameter.unit();
-            let convert = |x: f64| {
-                unit.convert(x, to).ok_or_else(|| {
+            let convert = |name: &str, x: f64| {
+                let converted = unit.convert(x, to).ok_or_else(|| {
                     format!(
                         "Unit {unit_text:?} does not fit {parameter_text} (kept in {})",
                         to.suffix()
                     )
-                })
+                })?;
+                parameter
+                    .bounds()
+                    .check(&format!("{name} ({parameter_text})"), converted)
             };
             (
-                value.map(convert).transpose()?,
-                raw.map(convert).transpose()?,
+                value.map(|x| convert("Value", x)).transpose()?,
+                raw.map(|x| convert("RawConcentration", x)).transpose()?,
             )
         } else {
             (None, None)
@@ -332,10 +356,10 @@ impl AirNowParser {
 
         let reported_aqi = match f.number(&["AQI", "nowcastAQI"])? {
             None => None,
-            Some(x) if x < 0.0 || x.fract() != 0.0 || x > f64::from(u16::MAX) => {
+            Some(x) if x < 0.0 || x.fract() != 0.0 => {
                 return Err(format!("AQI {x} is not a whole number ≥ 0"));
             }
-            Some(x) => Some(x as u16),
+            Some(x) => Some(AQI_REPORTED.check("AQI", x)? as u16),
         };
         let aqi = value_stored.and_then(|c| parameter.aqi(c)).or(reported_aqi);
         let aqi_category = match aqi {
@@ -926,6 +950,99 @@ mod tests {
         assert_eq!(
             one(json!(42)).unwrap_err().reason,
             "row is not a JSON object: 42"
+        );
+    }
+
+    /// The reason a row built from `row` with `edits` is rejected, or `None` when it is valid.
+    fn reason(mut row: Value, edits: &[(&str, Value)]) -> Option<String> {
+        for (key, value) in edits {
+            row[*key] = value.clone();
+        }
+        one(row).err().map(|i| i.reason)
+    }
+
+    #[test]
+    fn concentrations_are_bounded_per_unit_at_the_exact_ends() {
+        let pm = real_row(LA, 2);
+        for key in ["Value", "RawConcentration"] {
+            assert_eq!(reason(pm.clone(), &[(key, json!(10000.0))]), None);
+            assert_eq!(reason(pm.clone(), &[(key, json!(-100.0))]), None);
+            assert_eq!(
+                reason(pm.clone(), &[(key, json!(10000.1))]),
+                Some(format!(
+                    "{key} (PM2.5) 10000.1 µg/m³ is outside the accepted range -100 to 10000 µg/m³"
+                ))
+            );
+            assert_eq!(
+                reason(pm.clone(), &[(key, json!(-100.1))]),
+                Some(format!(
+                    "{key} (PM2.5) -100.1 µg/m³ is outside the accepted range -100 to 10000 µg/m³"
+                ))
+            );
+        }
+        assert_eq!(
+            reason(pm.clone(), &[("Value", json!(1e308))]).as_deref(),
+            Some("Value (PM2.5) 1e308 µg/m³ is outside the accepted range -100 to 10000 µg/m³")
+        );
+        // Gases in ppb, bounded after conversion: 10 PPM is 10,000 ppb.
+        let o3 = real_row(EAST, 1);
+        let ppb =
+            |v: f64, unit: &str| reason(o3.clone(), &[("Value", json!(v)), ("Unit", json!(unit))]);
+        assert_eq!(ppb(10000.0, "PPB"), None);
+        assert_eq!(ppb(10.0, "PPM"), None);
+        assert_eq!(ppb(-100.0, "PPB"), None);
+        assert_eq!(
+            ppb(10000.1, "PPB").as_deref(),
+            Some("Value (OZONE) 10000.1 ppb is outside the accepted range -100 to 10000 ppb")
+        );
+        assert_eq!(
+            ppb(-100.1, "PPB").as_deref(),
+            Some("Value (OZONE) -100.1 ppb is outside the accepted range -100 to 10000 ppb")
+        );
+        // CO in ppm.
+        let co = |v: f64| {
+            reason(
+                o3.clone(),
+                &[
+                    ("Parameter", json!("CO")),
+                    ("Unit", json!("PPM")),
+                    ("Value", json!(v)),
+                ],
+            )
+        };
+        assert_eq!(co(1000.0), None);
+        assert_eq!(co(-1.0), None, "-1 is AirNow's no-value marker");
+        assert_eq!(co(-0.99), None);
+        assert_eq!(
+            co(1000.1).as_deref(),
+            Some("Value (CO) 1000.1 ppm is outside the accepted range -1 to 1000 ppm")
+        );
+        assert_eq!(
+            co(-1.01).as_deref(),
+            Some("Value (CO) -1.01 ppm is outside the accepted range -1 to 1000 ppm")
+        );
+    }
+
+    #[test]
+    fn reported_aqi_beyond_500_is_kept_up_to_999() {
+        // An ozone row: no breakpoint table here, so the reported AQI is what is kept.
+        let o3 = real_row(EAST, 1);
+        let r = one({
+            let mut row = o3.clone();
+            row["AQI"] = json!(999);
+            row
+        })
+        .unwrap();
+        assert_eq!(aq(&r).aqi, Some(999));
+        assert_eq!(aq(&r).aqi_category.as_deref(), Some("Hazardous"));
+        assert_eq!(reason(o3.clone(), &[("AQI", json!(0))]), None);
+        assert_eq!(
+            reason(o3.clone(), &[("AQI", json!(1000))]).as_deref(),
+            Some("AQI 1000 is outside the accepted range 0 to 999")
+        );
+        assert_eq!(
+            reason(o3, &[("AQI", json!(1e308))]).as_deref(),
+            Some("AQI 1e308 is outside the accepted range 0 to 999")
         );
     }
 

@@ -20,6 +20,8 @@
 //! the same id. A date-only `Updated` stays a date in `updated` and in the natural key, and
 //! its `event_time` is that date's midnight in California, in UTC. A date-only `Started` is
 //! also taken as midnight in California.
+//!
+//! Acres burned outside [`ACRES_BURNED`] make the incident invalid.
 
 use std::collections::HashSet;
 use std::io::BufRead;
@@ -30,12 +32,16 @@ use chrono_tz::America::Los_Angeles;
 use serde_json::{Map, Value};
 
 use super::http::{json_document, type_name};
-use super::{Invalid, Parser, PayloadError, Row, SourceType, excerpt, read_to_end_capped};
+use super::{Bounds, Invalid, Parser, PayloadError, Row, SourceType, excerpt, read_to_end_capped};
 use crate::config::SourceConfig;
 use crate::record::{
     Data, FireIncident, Kind, Location, Priority, Quality, QualityFlag, Record, RecordId,
     format_event_time,
 };
+
+/// Acres burned by one incident. The largest US fire complexes burn about a million acres
+/// (California's August Complex, 2020: 1,032,648 acres); ten times that is no real fire.
+pub const ACRES_BURNED: Bounds = Bounds::new(0.0, 10_000_000.0, "acres");
 
 /// Largest incident list read into memory (a whole year's list is well under 1 MB).
 const MAX_DOCUMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -197,10 +203,11 @@ impl CalfireParser {
         };
 
         let acres_burned = first_number(obj, &["AcresBurned", "AcresBurnedDisplay"])?;
-        if let Some((field, acres)) = acres_burned
-            && acres < 0.0
-        {
-            return Err(format!("{field} {acres} is negative"));
+        if let Some((field, acres)) = acres_burned {
+            if acres < 0.0 {
+                return Err(format!("{field} {acres} is negative"));
+            }
+            ACRES_BURNED.check(field, acres)?;
         }
         let percent_contained =
             first_number(obj, &["PercentContained", "PercentContainedDisplay"])?;
@@ -682,6 +689,34 @@ mod tests {
             "Latitude/Longitude: latitude 136.396461 is outside -90..90"
         );
         assert!(inv.raw.contains("f3558310-247c-4913-a08b-68d568abdf4b"));
+    }
+
+    #[test]
+    fn acres_burned_is_bounded_at_0_and_10_million() {
+        let reason = |acres: Value| {
+            let mut doc: Value =
+                serde_json::from_slice(&real("calfire_GetFiresForMap__2024-06-18.json")).unwrap();
+            doc[0]["AcresBurned"] = acres;
+            let rows = parse(&serde_json::to_vec(&doc).unwrap()).unwrap();
+            match &rows[0] {
+                Row::Valid(_) => None,
+                Row::Invalid(i) => Some(i.reason.clone()),
+            }
+        };
+        assert_eq!(reason(json!(0)), None);
+        assert_eq!(reason(json!(10_000_000)), None);
+        assert_eq!(
+            reason(json!(10_000_000.5)).as_deref(),
+            Some("AcresBurned 10000000.5 acres is outside the accepted range 0 to 10000000 acres")
+        );
+        assert_eq!(
+            reason(json!(1e308)).as_deref(),
+            Some("AcresBurned 1e308 acres is outside the accepted range 0 to 10000000 acres")
+        );
+        assert_eq!(
+            reason(json!(-0.5)).as_deref(),
+            Some("AcresBurned -0.5 is negative")
+        );
     }
 
     #[test]

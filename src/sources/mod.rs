@@ -253,6 +253,114 @@ pub fn build_parser(source_id: Arc<str>, config: &SourceConfig) -> Arc<dyn Parse
     }
 }
 
+/// The accepted range of a measured value: a value outside cannot be physically real (a
+/// broken row or a wrong unit), so its row goes to the DLQ instead of being delivered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    pub low: f64,
+    pub high: f64,
+    /// The low end itself is rejected (a pixel of size 0).
+    pub low_exclusive: bool,
+    pub unit: &'static str,
+}
+
+impl Bounds {
+    /// `low..=high`.
+    pub const fn new(low: f64, high: f64, unit: &'static str) -> Self {
+        Bounds {
+            low,
+            high,
+            low_exclusive: false,
+            unit,
+        }
+    }
+
+    /// More than `low`, at most `high`.
+    pub const fn above(low: f64, high: f64, unit: &'static str) -> Self {
+        Bounds {
+            low,
+            high,
+            low_exclusive: true,
+            unit,
+        }
+    }
+
+    pub fn contains(&self, value: f64) -> bool {
+        let low_ok = if self.low_exclusive {
+            value > self.low
+        } else {
+            value >= self.low
+        };
+        low_ok && value <= self.high
+    }
+
+    /// `value`, or an error naming `field`, the value and the accepted range.
+    pub fn check(&self, field: &str, value: f64) -> Result<f64, String> {
+        if self.contains(value) {
+            return Ok(value);
+        }
+        let unit = if self.unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", self.unit)
+        };
+        Err(format!(
+            "{field} {}{unit} is outside the accepted range {self}",
+            show_number(value)
+        ))
+    }
+}
+
+impl fmt::Display for Bounds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (low, high) = (show_number(self.low), show_number(self.high));
+        if self.low_exclusive {
+            write!(f, "above {low} up to {high}")?;
+        } else {
+            write!(f, "{low} to {high}")?;
+        }
+        if !self.unit.is_empty() {
+            write!(f, " {}", self.unit)?;
+        }
+        Ok(())
+    }
+}
+
+/// A number for a message: plain, or in exponent form when huge or tiny (`1e308`, not 309
+/// digits).
+pub fn show_number(x: f64) -> String {
+    if x != 0.0 && !(1e-6..1e9).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
+/// Clock skew tolerated between a source and us. DESIGN §3.1: old data is valid data, but a
+/// time further in the future than this cannot be a real observation; it is a broken clock or
+/// a broken row.
+pub const MAX_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
+/// `time` unless it is later than `reference` + [`MAX_CLOCK_SKEW`]; the error names `field`,
+/// the time and the latest time accepted.
+pub(crate) fn not_in_future(
+    field: &str,
+    time: chrono::DateTime<chrono::Utc>,
+    reference: chrono::DateTime<chrono::Utc>,
+    reference_name: &str,
+) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let latest = reference + MAX_CLOCK_SKEW;
+    if time > latest {
+        return Err(format!(
+            "{field} {} is in the future: the latest accepted is {reference_name} + 1 day = {}",
+            crate::record::format_event_time(&time),
+            // Whole seconds: a wall-clock reference would otherwise print nanoseconds.
+            latest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ));
+    }
+    Ok(time)
+}
+
 /// Longest payload excerpt kept in errors and DLQ records.
 pub const EXCERPT_BYTES: usize = 200;
 
@@ -369,6 +477,45 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(sniff_non_data(b"latitude,longitude\n", "CSV").is_none());
+    }
+
+    #[test]
+    fn a_time_more_than_a_day_ahead_is_rejected_at_the_exact_boundary() {
+        use chrono::{TimeDelta, TimeZone, Utc};
+        let now = Utc.with_ymd_and_hms(2026, 5, 1, 12, 0, 0).unwrap();
+        let edge = now + TimeDelta::days(1);
+        assert_eq!(not_in_future("t", edge, now, "now"), Ok(edge));
+        assert_eq!(
+            not_in_future("t", edge + TimeDelta::seconds(1), now, "now"),
+            Err("t 2026-05-02T12:00:01Z is in the future: the latest accepted is now + 1 day = 2026-05-02T12:00:00Z".to_owned())
+        );
+        // Old is fine.
+        let old = Utc.with_ymd_and_hms(1990, 1, 1, 0, 0, 0).unwrap();
+        assert_eq!(not_in_future("t", old, now, "now"), Ok(old));
+    }
+
+    #[test]
+    fn bounds_accept_their_ends_and_name_field_value_and_range() {
+        let frp = Bounds::new(0.0, 100_000.0, "MW");
+        assert_eq!(frp.check("frp", 0.0), Ok(0.0));
+        assert_eq!(frp.check("frp", 100_000.0), Ok(100_000.0));
+        assert_eq!(
+            frp.check("frp", 1e300),
+            Err("frp 1e300 MW is outside the accepted range 0 to 100000 MW".to_owned())
+        );
+        let scan = Bounds::above(0.0, 10.0, "km");
+        assert_eq!(
+            scan.check("scan", 0.0),
+            Err("scan 0 km is outside the accepted range above 0 up to 10 km".to_owned())
+        );
+        assert_eq!(scan.check("scan", 1e-9), Ok(1e-9));
+        let aqi = Bounds::new(0.0, 999.0, "");
+        assert_eq!(
+            aqi.check("AQI", 1000.0),
+            Err("AQI 1000 is outside the accepted range 0 to 999".to_owned())
+        );
+        assert_eq!(show_number(-295.5556), "-295.5556");
+        assert_eq!(show_number(1e20), "1e20");
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! Time: RFC 3339 (any offset, stored as UTC), PurpleAir's `2023/09/22T16:04:07z`, or epoch
 //! seconds / milliseconds (≥ 10^11 is read as ms). Without a time in the payload, the
 //! receive time is used; when a configured time field is missing the record is also
-//! flagged `missing_fields`.
+//! flagged `missing_fields`. A payload time before 1970-01-01 or more than a day after the
+//! receive time is a broken device clock: the row is invalid. Measurements are not bounded:
+//! their units are whatever the device sends.
 //!
 //! Natural key: topic, device id and the payload's time; without a payload time, a SHA-256
 //! of the payload, so a retained message re-sent after a reconnect gets the same id and is
@@ -27,7 +29,7 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{Invalid, Row, SourceType, excerpt};
+use super::{Invalid, Row, SourceType, excerpt, not_in_future};
 use crate::config::{FieldMapping, SourceConfig};
 use crate::record::{
     Data, Kind, Location, Priority, Quality, QualityFlag, Record, RecordId, SensorReading,
@@ -127,6 +129,10 @@ impl MqttMapper {
                     .map(str::to_owned)
             })
             .unwrap_or_else(|| topic.to_owned());
+        if let Some(t) = fields.time {
+            let name = self.mapping.time.as_deref().unwrap_or("time");
+            plausible_time(name, t, received_at)?;
+        }
         let event_time = fields.time.unwrap_or(received_at);
         let stamp = match fields.time {
             Some(t) => format_event_time(&t),
@@ -307,6 +313,23 @@ fn top_level_name(spec: &str) -> &str {
         Some(pointer) => pointer.split('/').next().unwrap_or(pointer),
         None => spec,
     }
+}
+
+/// A payload time no real device clock gives is rejected: before the Unix epoch (a negative
+/// epoch number, or a clock that never synchronised and counts from before 1970), or more
+/// than a day after the message was received.
+fn plausible_time(
+    name: &str,
+    t: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+) -> Result<DateTime<Utc>, String> {
+    if t < DateTime::UNIX_EPOCH {
+        return Err(format!(
+            "{name} {} is before 1970-01-01, the Unix epoch",
+            format_event_time(&t)
+        ));
+    }
+    not_in_future(name, t, received_at, "the receive time")
 }
 
 /// An event time: RFC 3339, PurpleAir's local `YYYY/MM/DDTHH:MM:SSz`, or epoch s / ms.
@@ -871,6 +894,44 @@ mod tests {
         let r = valid(m.map("s/x", b"{\"v\": 1}", false, received()));
         assert_eq!(r.event_time, received());
         assert_eq!(r.quality.flags, vec![QualityFlag::MissingFields]);
+    }
+
+    #[test]
+    fn a_payload_time_before_1970_or_over_a_day_after_receipt_is_invalid() {
+        let m = mapper("type: mqtt\nmapping: {time: ts}");
+        let map = |ts: &str| {
+            m.map(
+                "s/x",
+                format!("{{\"ts\": {ts}, \"v\": 1e300}}").as_bytes(),
+                false,
+                received(),
+            )
+        };
+        // The epoch itself and exactly a day after receipt (2026-05-02T12:00:00Z) are valid.
+        assert_eq!(valid(map("0")).event_time, DateTime::UNIX_EPOCH);
+        assert_eq!(
+            format_event_time(&valid(map("\"2026-05-02T12:00:00Z\"")).event_time),
+            "2026-05-02T12:00:00Z"
+        );
+        // Measurements are not bounded: units are unknown.
+        assert_eq!(
+            reading(&valid(map("0"))).measurements.get("v"),
+            Some(&1e300)
+        );
+        assert_eq!(
+            invalid(map("-1")).reason,
+            "ts 1969-12-31T23:59:59Z is before 1970-01-01, the Unix epoch"
+        );
+        assert_eq!(
+            invalid(map("\"2026-05-02T12:00:01Z\"")).reason,
+            "ts 2026-05-02T12:00:01Z is in the future: the latest accepted is the receive time + 1 day = 2026-05-02T12:00:00Z"
+        );
+        // Epoch milliseconds alike: 1777809601000 ms is 2026-05-03T12:00:01Z.
+        assert!(
+            invalid(map("1777809601000"))
+                .reason
+                .starts_with("ts 2026-05-03T12:00:01Z is in the future")
+        );
     }
 
     #[test]

@@ -7,14 +7,22 @@
 //! - satellite codes `T`, `A`, `Terra`, `Aqua`, `N`, `1`, `N20`, `N21`… mapped to canonical names;
 //! - confidence as `l/n/h`, `low/nominal/high` or MODIS 0–100;
 //! - `acq_time` as `HHMM`, with leading zeros lost (`614`, `45`), or ` HH:MM`;
-//! - archive `type` column; header-only payload = no fires; non-CSV payload = classified error.
+//! - archive `type` column; header-only payload = no fires; non-CSV payload = classified error;
+//! - an unknown satellite code is kept as given (a new satellite is data, not an error), its
+//!   instrument then from the `instrument` column or the column names.
+//!
+//! Values outside physical bounds ([`FRP_MW`], [`BRIGHTNESS_K`], [`PIXEL_KM`]) and
+//! acquisition times more than a day in the future make the row invalid.
 
 use std::io::BufRead;
 use std::sync::Arc;
 
-use chrono::{NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
 
-use super::{Invalid, Parser, PayloadError, Row, SourceType, excerpt, read_head, sniff_non_data};
+use super::{
+    Bounds, Invalid, Parser, PayloadError, Row, SourceType, excerpt, not_in_future, read_head,
+    sniff_non_data,
+};
 use crate::config::SourceConfig;
 use crate::record::{
     Confidence, Data, DayNight, DetectionType, FireDetection, Instrument, Kind, Location, Priority,
@@ -23,6 +31,21 @@ use crate::record::{
 
 /// FRP (MW) from which a high-confidence detection is `high` priority, unless configured.
 pub const DEFAULT_HIGH_FRP_MW: f64 = 100.0;
+
+/// Fire radiative power of one pixel. Even extreme fires give single-pixel FRP in the
+/// thousands of MW (the real files in tests/data/real peak at 2,561 MW for a 1 km MODIS
+/// pixel); 100,000 MW (100 GW) from one pixel is beyond any fire, so it is a corrupt value.
+pub const FRP_MW: Bounds = Bounds::new(0.0, 100_000.0, "MW");
+
+/// Brightness temperatures of both channels (MODIS 21/22 and 31, VIIRS I4 and I5). Channel
+/// 21 saturates near 500 K, VIIRS I4 at 367 K (folding to 208 K), I5 near 380 K; the coldest
+/// cloud tops are about 180 K. 150–800 K holds every real reading with a margin.
+pub const BRIGHTNESS_K: Bounds = Bounds::new(150.0, 800.0, "K");
+
+/// Pixel size along scan and track. MODIS pixels are 1 km at nadir and grow to about 4.8 ×
+/// 2 km at the swath edge, VIIRS 375 m pixels to about 0.8 km; a pixel has a size above 0,
+/// and 10 km is twice the largest.
+pub const PIXEL_KM: Bounds = Bounds::above(0.0, 10.0, "km");
 
 const REQUIRED: [&str; 5] = ["latitude", "longitude", "acq_date", "acq_time", "satellite"];
 
@@ -33,6 +56,9 @@ const MAX_LINE_BYTES: usize = 1 << 20;
 pub struct FirmsParser {
     source_id: Arc<str>,
     high_frp_mw: f64,
+    /// The wall clock, which acquisition times may not pass by more than a day (a field so
+    /// tests can fix it).
+    now: fn() -> DateTime<Utc>,
 }
 
 impl FirmsParser {
@@ -40,6 +66,7 @@ impl FirmsParser {
         FirmsParser {
             source_id,
             high_frp_mw: config.high_frp_mw.unwrap_or(DEFAULT_HIGH_FRP_MW),
+            now: Utc::now,
         }
     }
 }
@@ -137,6 +164,7 @@ impl Parser for FirmsParser {
             })?
             .clone();
         let columns = Columns::from_header(&header, &head)?;
+        let now = (self.now)();
         let mut bytes = csv::ByteRecord::new();
         loop {
             let line = reader.position().line() + 1;
@@ -147,7 +175,7 @@ impl Parser for FirmsParser {
                     let (parsed, reuse) =
                         match csv::StringRecord::from_byte_record(std::mem::take(&mut bytes)) {
                             Ok(row) => (
-                                self.check_row(&columns, header.len(), &row, line),
+                                self.check_row(&columns, header.len(), &row, line, now),
                                 row.into_byte_record(),
                             ),
                             Err(e) => {
@@ -192,9 +220,10 @@ impl FirmsParser {
         fields: usize,
         row: &csv::StringRecord,
         line: u64,
+        now: DateTime<Utc>,
     ) -> Row {
         let checked = if row.len() == fields {
-            self.parse_row(columns, row)
+            self.parse_row(columns, row, now)
         } else {
             // A cut or merged row: its values may sit under the wrong columns, and a partial
             // record would shadow the complete row later (dedupe).
@@ -213,7 +242,12 @@ impl FirmsParser {
         }
     }
 
-    fn parse_row(&self, c: &Columns, row: &csv::StringRecord) -> Result<Record, String> {
+    fn parse_row(
+        &self,
+        c: &Columns,
+        row: &csv::StringRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Record, String> {
         let field = |i: usize| row.get(i).map(str::trim).filter(|s| !s.is_empty());
         let opt = |i: Option<usize>| i.and_then(field);
 
@@ -227,7 +261,12 @@ impl FirmsParser {
         // Not trimmed: ` HH:MM` is a documented layout, handled by parse_acq_time.
         let time_text = row.get(c.acq_time).unwrap_or_default();
         let time = parse_acq_time(time_text)?;
-        let event_time = Utc.from_utc_datetime(&date.and_time(time));
+        let event_time = not_in_future(
+            "acq_date/acq_time",
+            Utc.from_utc_datetime(&date.and_time(time)),
+            now,
+            "now",
+        )?;
 
         let satellite_text = field(c.satellite).ok_or("satellite is empty")?;
         let (satellite, satellite_instrument) = canonical_satellite(satellite_text);
@@ -240,11 +279,11 @@ impl FirmsParser {
                 Instrument::Modis
             });
 
-        let brightness_k = measurement(opt(c.brightness), "brightness")?;
-        let brightness_2_k = measurement(opt(c.brightness_2), "brightness_2")?;
-        let frp_mw = measurement(opt(c.frp), "frp")?;
-        let scan_km = measurement(opt(c.scan), "scan")?;
-        let track_km = measurement(opt(c.track), "track")?;
+        let brightness_k = measurement(opt(c.brightness), "brightness", BRIGHTNESS_K)?;
+        let brightness_2_k = measurement(opt(c.brightness_2), "brightness_2", BRIGHTNESS_K)?;
+        let frp_mw = measurement(opt(c.frp), "frp", FRP_MW)?;
+        let scan_km = measurement(opt(c.scan), "scan", PIXEL_KM)?;
+        let track_km = measurement(opt(c.track), "track", PIXEL_KM)?;
         let (confidence, confidence_pct) = match opt(c.confidence) {
             Some(text) => {
                 let (class, pct) = parse_confidence(text)?;
@@ -349,11 +388,12 @@ fn required_number(text: Option<&str>, name: &str) -> Result<f64, String> {
     parse_number(text, name)
 }
 
-/// A brightness temperature, FRP or pixel size: absent, or a number that is not negative.
-fn measurement(text: Option<&str>, name: &str) -> Result<Option<f64>, String> {
+/// A brightness temperature, FRP or pixel size: absent, or a number within `bounds`.
+fn measurement(text: Option<&str>, name: &str, bounds: Bounds) -> Result<Option<f64>, String> {
     match text.map(|t| parse_number(t, name)).transpose()? {
         Some(v) if v < 0.0 => Err(format!("{name} {v} is negative")),
-        value => Ok(value),
+        Some(v) => bounds.check(name, v).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -487,6 +527,7 @@ mod tests {
         FirmsParser {
             source_id: Arc::from("test"),
             high_frp_mw: DEFAULT_HIGH_FRP_MW,
+            now: Utc::now,
         }
     }
 
@@ -609,6 +650,144 @@ mod tests {
             fire(&one(&format!("{M6_HEADER}\n{row}\n"))).frp_mw,
             Some(0.0)
         );
+    }
+
+    /// The reason a one-row M6 file with `column` set to `value` is rejected, or `None` when
+    /// the row is valid.
+    fn m6_with(column: &str, value: &str) -> Option<String> {
+        let at = M6_HEADER.split(',').position(|c| c == column).unwrap();
+        let mut fields: Vec<&str> = M6_ROW.split(',').collect();
+        fields[at] = value;
+        match parse(&format!("{M6_HEADER}\n{}\n", fields.join(",")))
+            .unwrap()
+            .pop()
+        {
+            Some(Row::Valid(_)) => None,
+            Some(Row::Invalid(i)) => Some(i.reason),
+            None => panic!("no row"),
+        }
+    }
+
+    #[test]
+    fn frp_is_bounded_at_0_and_100000_mw() {
+        assert_eq!(m6_with("frp", "0"), None);
+        assert_eq!(m6_with("frp", "100000"), None);
+        assert_eq!(
+            m6_with("frp", "100000.01").as_deref(),
+            Some("frp 100000.01 MW is outside the accepted range 0 to 100000 MW")
+        );
+        assert_eq!(
+            m6_with("frp", "1e300").as_deref(),
+            Some("frp 1e300 MW is outside the accepted range 0 to 100000 MW")
+        );
+        assert_eq!(
+            m6_with("frp", "-0.01").as_deref(),
+            Some("frp -0.01 is negative")
+        );
+    }
+
+    #[test]
+    fn brightness_of_both_channels_is_bounded_at_150_and_800_k() {
+        for column in ["brightness", "bright_t31"] {
+            let name = if column == "brightness" {
+                "brightness"
+            } else {
+                "brightness_2"
+            };
+            assert_eq!(m6_with(column, "150"), None, "{column}");
+            assert_eq!(m6_with(column, "800"), None, "{column}");
+            assert_eq!(
+                m6_with(column, "149.99"),
+                Some(format!(
+                    "{name} 149.99 K is outside the accepted range 150 to 800 K"
+                ))
+            );
+            assert_eq!(
+                m6_with(column, "800.01"),
+                Some(format!(
+                    "{name} 800.01 K is outside the accepted range 150 to 800 K"
+                ))
+            );
+        }
+        assert_eq!(
+            m6_with("brightness", "99999").as_deref(),
+            Some("brightness 99999 K is outside the accepted range 150 to 800 K")
+        );
+        // VIIRS column names are bounded alike.
+        let row = N21_ROW.replace(",287.9,", ",800.5,");
+        assert_eq!(
+            invalid_reason(&format!("{N21_HEADER}\n{row}\n")),
+            "brightness_2 800.5 K is outside the accepted range 150 to 800 K"
+        );
+    }
+
+    #[test]
+    fn scan_and_track_are_above_0_and_at_most_10_km() {
+        for column in ["scan", "track"] {
+            assert_eq!(m6_with(column, "0.001"), None, "{column}");
+            assert_eq!(m6_with(column, "10"), None, "{column}");
+            assert_eq!(
+                m6_with(column, "0"),
+                Some(format!(
+                    "{column} 0 km is outside the accepted range above 0 up to 10 km"
+                ))
+            );
+            assert_eq!(
+                m6_with(column, "10.01"),
+                Some(format!(
+                    "{column} 10.01 km is outside the accepted range above 0 up to 10 km"
+                ))
+            );
+        }
+        assert_eq!(
+            m6_with("scan", "1e10").as_deref(),
+            Some("scan 1e10 km is outside the accepted range above 0 up to 10 km")
+        );
+    }
+
+    #[test]
+    fn acquisition_more_than_a_day_ahead_of_now_is_invalid_and_old_data_is_not() {
+        fn fixed_now() -> DateTime<Utc> {
+            Utc.with_ymd_and_hms(2020, 10, 1, 0, 25, 0).unwrap()
+        }
+        let parser = FirmsParser {
+            now: fixed_now,
+            ..parser()
+        };
+        let reason = |row: &str| {
+            let mut rows = Vec::new();
+            let text = format!("{M6_HEADER}\n{row}\n");
+            parser
+                .parse(&mut text.as_bytes(), &mut |r| {
+                    rows.push(r);
+                    true
+                })
+                .unwrap();
+            match rows.pop() {
+                Some(Row::Valid(_)) => None,
+                Some(Row::Invalid(i)) => Some(i.reason),
+                None => panic!("no row"),
+            }
+        };
+        // M6_ROW is 2020-10-02 00:25: exactly now + 1 day.
+        assert_eq!(reason(M6_ROW), None);
+        assert_eq!(
+            reason(&M6_ROW.replace(",0025,", ",0026,")).as_deref(),
+            Some(
+                "acq_date/acq_time 2020-10-02T00:26:00Z is in the future: the latest accepted is now + 1 day = 2020-10-02T00:25:00Z"
+            )
+        );
+        assert!(reason(&M6_ROW.replace("2020-10-02", "2999-01-01")).is_some());
+        // Old data is valid data.
+        assert_eq!(reason(&M6_ROW.replace("2020-10-02", "2000-11-01")), None);
+    }
+
+    #[test]
+    fn an_unknown_satellite_code_is_kept_as_given() {
+        let row = M6_ROW.replace(",Terra,", ",Z,");
+        let r = one(&format!("{M6_HEADER}\n{row}\n"));
+        assert_eq!(fire(&r).satellite, "Z");
+        assert_eq!(fire(&r).instrument, Instrument::Modis);
     }
 
     #[test]

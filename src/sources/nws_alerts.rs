@@ -130,6 +130,9 @@ impl AlertParser {
         let geometry = feature.get("geometry").filter(|g| !g.is_null()).cloned();
         let location = match &geometry {
             Some(g) => {
+                if let Some(coordinates) = g.get("coordinates") {
+                    check_positions(coordinates, &mut "geometry.coordinates".to_owned())?;
+                }
                 let (lon, lat) = centroid(g)?;
                 Some(Location::new(lat, lon)?)
             }
@@ -179,6 +182,33 @@ impl AlertParser {
             }),
         })
     }
+}
+
+/// Every `[lon, lat]` vertex is on the globe: one outside would move the representative point
+/// (a vertex at latitude 95 shifts the mean by degrees) and break consumers of the geometry.
+/// The error names the vertex by its path. Positions that are not numbers are left to
+/// [`centroid`], which rejects them.
+fn check_positions(value: &Value, path: &mut String) -> Result<(), String> {
+    let Some(items) = value.as_array() else {
+        return Ok(());
+    };
+    if items.first().is_some_and(|v| !v.is_array()) {
+        if let (Some(lon), Some(lat)) = (
+            items.first().and_then(Value::as_f64),
+            items.get(1).and_then(Value::as_f64),
+        ) {
+            Location::new(lat, lon)
+                .map_err(|e| format!("alert geometry vertex {path} {value}: {e}"))?;
+        }
+        return Ok(());
+    }
+    for (i, item) in items.iter().enumerate() {
+        let len = path.len();
+        path.push_str(&format!("[{i}]"));
+        check_positions(item, path)?;
+        path.truncate(len);
+    }
+    Ok(())
 }
 
 /// Mean of a geometry's vertices as `(lon, lat)`: a representative point for routing, not a
@@ -272,6 +302,60 @@ mod tests {
         assert_eq!(
             centroid(&ring),
             Err("alert geometry has a position that is not [longitude, latitude] numbers")
+        );
+    }
+
+    fn alert_with(geometry: Value) -> Result<Record, String> {
+        let parser = AlertParser {
+            source_id: Arc::from("t"),
+            critical_events: Vec::new(),
+        };
+        parser.parse_feature(&json!({
+            "id": "urn:oid:test",
+            "geometry": geometry,
+            "properties": {"id": "urn:oid:test", "sent": "2024-07-18T12:47:00-07:00", "event": "Red Flag Warning"}
+        }))
+    }
+
+    #[test]
+    fn a_vertex_off_the_globe_makes_the_alert_invalid_and_is_named() {
+        let ring = |lon: f64, lat: f64| json!({"type": "Polygon", "coordinates": [[[-112.0, 33.0], [-111.0, 33.5], [lon, lat], [-112.0, 33.0]]]});
+        // The exact edges are on the globe.
+        for (lon, lat) in [(-180.0, 90.0), (180.0, -90.0)] {
+            assert!(alert_with(ring(lon, lat)).is_ok(), "{lon}, {lat}");
+        }
+        assert_eq!(
+            alert_with(ring(-112.0, 95.0)).unwrap_err(),
+            "alert geometry vertex geometry.coordinates[0][2] [-112.0,95.0]: latitude 95 is outside -90..90"
+        );
+        assert_eq!(
+            alert_with(ring(-112.0, 90.001)).unwrap_err(),
+            "alert geometry vertex geometry.coordinates[0][2] [-112.0,90.001]: latitude 90.001 is outside -90..90"
+        );
+        assert_eq!(
+            alert_with(ring(-112.0, -90.001)).unwrap_err(),
+            "alert geometry vertex geometry.coordinates[0][2] [-112.0,-90.001]: latitude -90.001 is outside -90..90"
+        );
+        assert_eq!(
+            alert_with(ring(180.001, 33.0)).unwrap_err(),
+            "alert geometry vertex geometry.coordinates[0][2] [180.001,33.0]: longitude 180.001 is outside -180..180"
+        );
+        assert_eq!(
+            alert_with(ring(-180.001, 33.0)).unwrap_err(),
+            "alert geometry vertex geometry.coordinates[0][2] [-180.001,33.0]: longitude -180.001 is outside -180..180"
+        );
+        // MultiPolygon paths name the polygon too.
+        let multi = json!({"type": "MultiPolygon", "coordinates": [
+            [[[-112.0, 33.0], [-111.0, 33.5], [-111.0, 34.0], [-112.0, 33.0]]],
+            [[[-110.0, 33.0], [-109.0, 33.5], [-109.0, 34.0], [-110.0, 95.0]]]
+        ]});
+        assert!(alert_with(multi).unwrap_err().starts_with(
+            "alert geometry vertex geometry.coordinates[1][0][3] [-110.0,95.0]: latitude 95"
+        ));
+        // A Point too.
+        assert_eq!(
+            alert_with(json!({"type": "Point", "coordinates": [200.0, 33.0]})).unwrap_err(),
+            "alert geometry vertex geometry.coordinates [200.0,33.0]: longitude 200 is outside -180..180"
         );
     }
 

@@ -16,16 +16,24 @@
 //!
 //! Staleness is judged against the response's own `data_time_stamp` (else `time_stamp`),
 //! never the wall clock, so replaying an old capture gives the same records.
+//!
+//! Bounds: PM [`PM_UGM3`], temperature [`TEMPERATURE_C`] after conversion, pressure
+//! [`PRESSURE_HPA`], humidity 0–100 %; a time before [`EARLIEST`] or more than a day after the
+//! response's time stamp (the wall clock for the local JSON or a response without one) makes
+//! the row invalid.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde_json::Value;
 
-use super::{Invalid, Parser, PayloadError, Row, SourceType, excerpt, read_json};
+use super::{
+    Bounds, Invalid, Parser, PayloadError, Row, SourceType, excerpt, not_in_future, read_json,
+    show_number,
+};
 use crate::config::{Dur, SourceConfig};
 use crate::record::{
     AirQuality, Data, Kind, Location, Priority, Quality, QualityFlag, Record, RecordId, aqi,
@@ -49,6 +57,31 @@ pub const CHANNEL_DISAGREEMENT_UGM3: f64 = 5.0;
 /// Relative A/B difference, `|A − B| / ((A + B) / 2)`, above which channels disagree (70 %).
 pub const CHANNEL_DISAGREEMENT_RELATIVE: f64 = 0.7;
 
+/// Mass concentrations (PM1, PM2.5, PM10, either channel). The Plantower sensors inside
+/// saturate well below this (effective range 0–500 µg/m³, maximum about 1,000 µg/m³ in the
+/// PMS5003 data sheet; dense smoke reads a few thousand at most), so 10,000 µg/m³ is a margin
+/// no real reading crosses.
+pub const PM_UGM3: Bounds = Bounds::new(0.0, 10_000.0, "µg/m³");
+
+/// Temperature after °F → °C. The BME280 inside the housing is specified for −40..85 °C and
+/// reads a few degrees warmer than the air; a margin on each side gives −60..90 °C.
+pub const TEMPERATURE_C: Bounds = Bounds::new(-60.0, 90.0, "°C");
+
+/// Pressure: the BME280's measuring range, 300–1,100 hPa (sea level is ~1,013 hPa; 300 hPa is
+/// above Everest's summit).
+pub const PRESSURE_HPA: Bounds = Bounds::new(300.0, 1_100.0, "hPa");
+
+/// PurpleAir sensors first reported in 2015: an earlier time is a broken clock or value
+/// (`last_seen: -5` would be 1969).
+pub fn earliest() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2015, 1, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+/// The date in [`earliest`], for docs and messages.
+pub const EARLIEST: &str = "2015-01-01";
+
 /// Largest PurpleAir document read into memory (a whole-network list is a few MB).
 const MAX_DOCUMENT_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -57,6 +90,9 @@ const EXPECTED: &str = "PurpleAir JSON";
 pub struct PurpleAirParser {
     source_id: Arc<str>,
     stale_after: Duration,
+    /// The wall clock, used only where the payload has no time stamp of its own (a field so
+    /// tests can fix it).
+    now: fn() -> DateTime<Utc>,
 }
 
 impl PurpleAirParser {
@@ -64,6 +100,7 @@ impl PurpleAirParser {
         PurpleAirParser {
             source_id,
             stale_after: config.stale_after.map_or(DEFAULT_STALE_AFTER, |Dur(d)| d),
+            now: Utc::now,
         }
     }
 }
@@ -231,7 +268,15 @@ impl PurpleAirParser {
                 .as_u64()
                 .ok_or_else(|| format!("sensor_index: {} is not a sensor number", show(v)))?,
         };
-        let last_seen = time(f, "last_seen")?;
+        let last_seen = time(f, "last_seen")?
+            .map(|seen| {
+                let (reference, name) = match response_time {
+                    Some(t) => (t, "the response's time stamp"),
+                    None => ((self.now)(), "now"),
+                };
+                plausible_time("last_seen", seen, reference, name)
+            })
+            .transpose()?;
         let event_time = last_seen.or(response_time).ok_or(
             "no time: last_seen is missing and the response has no data_time_stamp or time_stamp",
         )?;
@@ -250,9 +295,9 @@ impl PurpleAirParser {
         };
         let pm10 = concentration(f, "pm10.0_atm")?.or(concentration(f, "pm10.0")?);
 
-        let temperature_f = number(f, "temperature")?.or(number(f, "temperature_a")?);
+        let temperature_c = temperature(f, "temperature")?.or(temperature(f, "temperature_a")?);
         let humidity = humidity(f, "humidity")?.or(humidity(f, "humidity_a")?);
-        let pressure_hpa = number(f, "pressure")?.or(number(f, "pressure_a")?);
+        let pressure_hpa = pressure(f, "pressure")?.or(pressure(f, "pressure_a")?);
 
         let location = match (number(f, "latitude")?, number(f, "longitude")?) {
             (Some(lat), Some(lon)) => {
@@ -286,7 +331,7 @@ impl PurpleAirParser {
             a,
             b,
             pm10,
-            temperature_f,
+            temperature_c,
             humidity,
             pressure_hpa,
             stale,
@@ -314,7 +359,9 @@ impl PurpleAirParser {
             .ok_or("SensorId is missing")?
             .to_owned();
         let event_time = match f.get("DateTime") {
-            Some(Value::String(text)) => device_time(text)?,
+            Some(Value::String(text)) => {
+                plausible_time("DateTime", device_time(text)?, (self.now)(), "now")?
+            }
             None | Some(Value::Null) => return Err("DateTime is missing".to_owned()),
             Some(other) => return Err(format!("DateTime: {} is not a time", show(other))),
         };
@@ -335,9 +382,9 @@ impl PurpleAirParser {
             a,
             b,
             pm10,
-            temperature_f: number(&f, "current_temp_f")?,
+            temperature_c: temperature(&f, "current_temp_f")?,
             humidity: humidity(&f, "current_humidity")?,
-            pressure_hpa: number(&f, "pressure")?,
+            pressure_hpa: pressure(&f, "pressure")?,
             // The device answers with its current reading: there is nothing to be stale against.
             stale: false,
         };
@@ -380,7 +427,7 @@ impl PurpleAirParser {
             concentrations: BTreeMap::new(),
             aqi,
             aqi_category: aqi.map(|v| aqi::category_name(v).to_owned()),
-            temperature_c: r.temperature_f.map(|t| round4((t - 32.0) * 5.0 / 9.0)),
+            temperature_c: r.temperature_c,
             relative_humidity_pct: r.humidity,
             pressure_pa: r.pressure_hpa.map(|p| round4(p * 100.0)),
             stale: r.stale,
@@ -409,7 +456,8 @@ struct Reading {
     a: Option<f64>,
     b: Option<f64>,
     pm10: Option<f64>,
-    temperature_f: Option<f64>,
+    /// Converted from °F and checked.
+    temperature_c: Option<f64>,
     humidity: Option<f64>,
     pressure_hpa: Option<f64>,
     stale: bool,
@@ -475,12 +523,53 @@ fn number(f: &Fields, name: &str) -> Result<Option<f64>, String> {
     }
 }
 
-/// A mass concentration: PurpleAir never reports a negative one, so it marks a broken row.
+/// A mass concentration: PurpleAir never reports a negative one, so it marks a broken row,
+/// as does one above [`PM_UGM3`].
 fn concentration(f: &Fields, name: &str) -> Result<Option<f64>, String> {
     match number(f, name)? {
         Some(c) if c < 0.0 => Err(format!("{name}: {c} µg/m³ is negative")),
-        other => Ok(other),
+        Some(c) => PM_UGM3.check(name, c).map(Some),
+        None => Ok(None),
     }
+}
+
+/// A temperature in °F, as °C within [`TEMPERATURE_C`].
+fn temperature(f: &Fields, name: &str) -> Result<Option<f64>, String> {
+    let Some(fahrenheit) = number(f, name)? else {
+        return Ok(None);
+    };
+    let celsius = round4((fahrenheit - 32.0) * 5.0 / 9.0);
+    if TEMPERATURE_C.contains(celsius) {
+        return Ok(Some(celsius));
+    }
+    Err(format!(
+        "{name} {} °F = {} °C is outside the accepted range {TEMPERATURE_C}",
+        show_number(fahrenheit),
+        show_number(celsius)
+    ))
+}
+
+/// A pressure in hPa within [`PRESSURE_HPA`].
+fn pressure(f: &Fields, name: &str) -> Result<Option<f64>, String> {
+    number(f, name)?
+        .map(|p| PRESSURE_HPA.check(name, p))
+        .transpose()
+}
+
+/// A sensor time: not before PurpleAir existed, not more than a day after `reference`.
+fn plausible_time(
+    name: &str,
+    t: DateTime<Utc>,
+    reference: DateTime<Utc>,
+    reference_name: &str,
+) -> Result<DateTime<Utc>, String> {
+    if t < earliest() {
+        return Err(format!(
+            "{name} {} is before {EARLIEST}, when PurpleAir sensors did not yet exist",
+            format_event_time(&t)
+        ));
+    }
+    not_in_future(name, t, reference, reference_name)
 }
 
 fn humidity(f: &Fields, name: &str) -> Result<Option<f64>, String> {
@@ -908,6 +997,182 @@ mod tests {
             "purpleair/v1_sensors_14867_Kangerlussuaq__2022-07-23.json",
         ));
         assert_eq!(r.id, single.id);
+    }
+
+    const SENSOR: &str = "purpleair/v1_sensors_131075__2022-11-05.json";
+    const LOCAL: &str = "iot/purpleair_local_json_PA-II_single__2023-09-22.json";
+
+    /// The reason the single-sensor response with `key` set to `value` is rejected, or `None`
+    /// when it is valid.
+    fn sensor_with(key: &str, value: Value) -> Option<String> {
+        let mut doc: Value = serde_json::from_str(&real(SENSOR)).unwrap();
+        doc["sensor"][key] = value;
+        let mut rows = parse(&doc.to_string()).unwrap();
+        match rows.pop() {
+            Some(Row::Valid(_)) => None,
+            Some(Row::Invalid(i)) => Some(i.reason),
+            None => panic!("no row"),
+        }
+    }
+
+    #[test]
+    fn temperature_is_bounded_at_minus_60_and_90_c_after_conversion() {
+        // −76 °F = −60 °C and 194 °F = 90 °C exactly.
+        assert_eq!(sensor_with("temperature", json!(-76)), None);
+        assert_eq!(sensor_with("temperature", json!(194)), None);
+        assert_eq!(
+            sensor_with("temperature", json!(-76.1)).as_deref(),
+            Some("temperature -76.1 °F = -60.0556 °C is outside the accepted range -60 to 90 °C")
+        );
+        assert_eq!(
+            sensor_with("temperature", json!(194.1)).as_deref(),
+            Some("temperature 194.1 °F = 90.0556 °C is outside the accepted range -60 to 90 °C")
+        );
+        assert_eq!(
+            sensor_with("temperature", json!(-500)).as_deref(),
+            Some("temperature -500 °F = -295.5556 °C is outside the accepted range -60 to 90 °C")
+        );
+    }
+
+    #[test]
+    fn pressure_is_bounded_at_300_and_1100_hpa() {
+        assert_eq!(sensor_with("pressure", json!(300)), None);
+        assert_eq!(sensor_with("pressure", json!(1100)), None);
+        assert_eq!(
+            sensor_with("pressure", json!(299.99)).as_deref(),
+            Some("pressure 299.99 hPa is outside the accepted range 300 to 1100 hPa")
+        );
+        assert_eq!(
+            sensor_with("pressure", json!(1100.01)).as_deref(),
+            Some("pressure 1100.01 hPa is outside the accepted range 300 to 1100 hPa")
+        );
+    }
+
+    #[test]
+    fn pm_is_bounded_at_10000_ugm3_in_every_field() {
+        for key in ["pm2.5_atm", "pm2.5_atm_a", "pm2.5", "pm10.0_atm"] {
+            assert_eq!(sensor_with(key, json!(10000)), None, "{key}");
+            assert_eq!(
+                sensor_with(key, json!(10000.01)),
+                Some(format!(
+                    "{key} 10000.01 µg/m³ is outside the accepted range 0 to 10000 µg/m³"
+                ))
+            );
+        }
+        assert_eq!(
+            sensor_with("pm2.5_atm", json!(1e308)).as_deref(),
+            Some("pm2.5_atm 1e308 µg/m³ is outside the accepted range 0 to 10000 µg/m³")
+        );
+        assert_eq!(sensor_with("pm2.5_atm", json!(0)), None);
+        assert_eq!(
+            sensor_with("pm2.5_atm", json!(-0.01)).as_deref(),
+            Some("pm2.5_atm: -0.01 µg/m³ is negative")
+        );
+    }
+
+    #[test]
+    fn last_seen_is_after_2015_and_at_most_a_day_after_the_response() {
+        // 2015-01-01T00:00:00Z = 1420070400.
+        assert_eq!(sensor_with("last_seen", json!(1_420_070_400)), None);
+        assert_eq!(
+            sensor_with("last_seen", json!(1_420_070_399)).as_deref(),
+            Some(
+                "last_seen 2014-12-31T23:59:59Z is before 2015-01-01, when PurpleAir sensors did not yet exist"
+            )
+        );
+        assert_eq!(
+            sensor_with("last_seen", json!(-5)).as_deref(),
+            Some(
+                "last_seen 1969-12-31T23:59:55Z is before 2015-01-01, when PurpleAir sensors did not yet exist"
+            )
+        );
+        // data_time_stamp 1667666181 + 86400.
+        assert_eq!(sensor_with("last_seen", json!(1_667_752_581)), None);
+        assert_eq!(
+            sensor_with("last_seen", json!(1_667_752_582)).as_deref(),
+            Some(
+                "last_seen 2022-11-06T16:36:22Z is in the future: the latest accepted is the response's time stamp + 1 day = 2022-11-06T16:36:21Z"
+            )
+        );
+    }
+
+    fn fixed_parser(now: fn() -> DateTime<Utc>) -> PurpleAirParser {
+        PurpleAirParser {
+            now,
+            ..PurpleAirParser::new(Arc::from("pa"), &config())
+        }
+    }
+
+    fn reason_with(parser: &PurpleAirParser, text: &str) -> Option<String> {
+        let mut rows = Vec::new();
+        parser
+            .parse(&mut text.as_bytes(), &mut |r| {
+                rows.push(r);
+                true
+            })
+            .unwrap();
+        match rows.pop() {
+            Some(Row::Valid(_)) => None,
+            Some(Row::Invalid(i)) => Some(i.reason),
+            None => panic!("no row"),
+        }
+    }
+
+    #[test]
+    fn without_a_response_time_last_seen_is_bounded_by_the_clock() {
+        fn now() -> DateTime<Utc> {
+            Utc.with_ymd_and_hms(2022, 11, 5, 0, 0, 0).unwrap()
+        }
+        let parser = fixed_parser(now);
+        let text = |seen: i64| {
+            format!(
+                r#"{{"fields": ["sensor_index", "last_seen", "pm2.5_atm"], "data": [[1, {seen}, 1.0]]}}"#
+            )
+        };
+        // 2022-11-06T00:00:00Z = 1667692800.
+        assert_eq!(reason_with(&parser, &text(1_667_692_800)), None);
+        assert_eq!(
+            reason_with(&parser, &text(1_667_692_801)).as_deref(),
+            Some(
+                "last_seen 2022-11-06T00:00:01Z is in the future: the latest accepted is now + 1 day = 2022-11-06T00:00:00Z"
+            )
+        );
+    }
+
+    #[test]
+    fn local_json_time_is_after_2015_and_at_most_a_day_ahead_of_the_clock() {
+        fn now() -> DateTime<Utc> {
+            // The capture's DateTime, 2023-09-22T16:04:07Z, minus one day.
+            Utc.with_ymd_and_hms(2023, 9, 21, 16, 4, 7).unwrap()
+        }
+        let parser = fixed_parser(now);
+        let local = real(LOCAL);
+        assert_eq!(reason_with(&parser, &local), None);
+        let ahead = local.replace("2023/09/22T16:04:07z", "2023/09/22T16:04:08z");
+        assert_ne!(ahead, local);
+        assert_eq!(
+            reason_with(&parser, &ahead).as_deref(),
+            Some(
+                "DateTime 2023-09-22T16:04:08Z is in the future: the latest accepted is now + 1 day = 2023-09-22T16:04:07Z"
+            )
+        );
+        let old = local.replace("2023/09/22T16:04:07z", "2014/12/31T23:59:59z");
+        assert_eq!(
+            reason_with(&parser, &old).as_deref(),
+            Some(
+                "DateTime 2014-12-31T23:59:59Z is before 2015-01-01, when PurpleAir sensors did not yet exist"
+            )
+        );
+        let first = local.replace("2023/09/22T16:04:07z", "2015/01/01T00:00:00z");
+        assert_eq!(reason_with(&parser, &first), None);
+        // Temperature and pressure of the local JSON are bounded too.
+        let mut doc: Value = serde_json::from_str(&local).unwrap();
+        doc["current_temp_f"] = json!(194.1);
+        assert!(
+            reason_with(&parser, &doc.to_string())
+                .unwrap()
+                .starts_with("current_temp_f 194.1 °F = 90.0556 °C is outside")
+        );
     }
 
     #[test]
