@@ -47,6 +47,10 @@ pub const BRIGHTNESS_K: Bounds = Bounds::new(150.0, 800.0, "K");
 /// and 10 km is twice the largest.
 pub const PIXEL_KM: Bounds = Bounds::above(0.0, 10.0, "km");
 
+/// The first day FIRMS has detections for (MODIS on Terra, 2000-11-01): an earlier date is
+/// not old data, it is a damaged row. Old data as such is valid (DESIGN §3).
+pub const FIRST_ACQ_DATE: NaiveDate = NaiveDate::from_ymd_opt(2000, 11, 1).expect("valid date");
+
 const REQUIRED: [&str; 5] = ["latitude", "longitude", "acq_date", "acq_time", "satellite"];
 
 /// Longest CSV line accepted: real rows are ~100 bytes; a line of megabytes is not FIRMS
@@ -258,6 +262,11 @@ impl FirmsParser {
         let date_text = field(c.acq_date).ok_or("acq_date is empty")?;
         let date = NaiveDate::parse_from_str(date_text, "%Y-%m-%d")
             .map_err(|_| format!("acq_date {date_text:?} is not YYYY-MM-DD"))?;
+        if date < FIRST_ACQ_DATE {
+            return Err(format!(
+                "acq_date {date_text} is before {FIRST_ACQ_DATE}, the first day of FIRMS data (MODIS on Terra)"
+            ));
+        }
         // Not trimmed: ` HH:MM` is a documented layout, handled by parse_acq_time.
         let time_text = row.get(c.acq_time).unwrap_or_default();
         let time = parse_acq_time(time_text)?;
@@ -778,8 +787,14 @@ mod tests {
             )
         );
         assert!(reason(&M6_ROW.replace("2020-10-02", "2999-01-01")).is_some());
-        // Old data is valid data.
+        // Old data is valid data, back to the first day FIRMS has.
         assert_eq!(reason(&M6_ROW.replace("2020-10-02", "2000-11-01")), None);
+        assert_eq!(
+            reason(&M6_ROW.replace("2020-10-02", "2000-10-31")).as_deref(),
+            Some(
+                "acq_date 2000-10-31 is before 2000-11-01, the first day of FIRMS data (MODIS on Terra)"
+            )
+        );
     }
 
     #[test]
