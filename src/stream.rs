@@ -355,7 +355,13 @@ impl Stream {
         };
         let text = redact(&e.to_string());
         let excerpt = redact(e.excerpt().unwrap_or_default());
-        warn!(error_kind = e.kind(), error = %text, "fetch failed");
+        let repeat = stream_stats.status().last_error_kind == Some(e.kind());
+        if repeat && matches!(e, FetchError::BudgetExhausted { .. }) {
+            // Said once when the budget ran out; the status keeps saying it.
+            debug!(error_kind = e.kind(), error = %text, "fetch failed");
+        } else {
+            warn!(error_kind = e.kind(), error = %text, "fetch failed");
+        }
         let pause = match e {
             FetchError::Status { status: 402, .. } => Some((
                 PAYMENT_PAUSE,

@@ -369,3 +369,21 @@ async fn redirects_are_followed_on_the_same_host_only() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_body_whose_gzip_does_not_decode_is_corrupt_not_cut_off() {
+    let server = Replay::start().await;
+    // A gzip header followed by garbage.
+    let mut body = vec![0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0, 0x03];
+    body.extend_from_slice(b"this is not deflate data at all, not even close");
+    server.script(
+        "/gz",
+        vec![Reply::json(body).header("Content-Encoding", "gzip")],
+    );
+    let clients = clients(&[]);
+    let mut r = request(&format!("{}/gz", server.base), Expect::Json);
+    r.retries = 0;
+    let e = clients.for_url(&r.url).fetch(&r).await.unwrap_err();
+    assert_eq!(e.kind(), "corrupt_payload", "{e}");
+    assert!(e.is_bad_payload());
+}

@@ -573,6 +573,17 @@ async fn read_capped(
                     after: request.timeout,
                 });
             }
+            Err(e) if e.is_decode() => {
+                // A Content-Encoding (gzip, …) that does not decode: damaged, not cut off.
+                let e = e.without_url();
+                return Err(FetchError::Content {
+                    url: url.to_owned(),
+                    source: PayloadError::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("the compressed body does not decode: {e}"),
+                    )),
+                });
+            }
             Err(e) => {
                 let e = e.without_url();
                 let mut detail = e.to_string();
