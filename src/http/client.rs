@@ -573,7 +573,7 @@ async fn read_capped(
                     after: request.timeout,
                 });
             }
-            Err(e) if e.is_decode() => {
+            Err(e) if is_corrupt_encoding(&e) => {
                 // A Content-Encoding (gzip, …) that does not decode: damaged, not cut off.
                 let e = e.without_url();
                 return Err(FetchError::Content {
@@ -599,6 +599,29 @@ async fn read_capped(
             }
         }
     }
+}
+
+/// A body whose Content-Encoding does not decode. reqwest calls a body cut off by the
+/// server a decode error too, so `is_decode` cannot tell them apart; the first I/O error in
+/// the chain can: the decompressor's own (`Other`, `InvalidData`) versus the connection's
+/// (`UnexpectedEof`, resets, inside hyper's error).
+fn is_corrupt_encoding(e: &reqwest::Error) -> bool {
+    if !e.is_decode() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::Other
+                    | std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::InvalidInput
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// An HTML page, an empty body, or plain text where JSON was expected, is an error here;
