@@ -136,10 +136,34 @@ pub fn redact<'a>(text: &str, secrets: impl IntoIterator<Item = &'a Secret>) -> 
         let escaped =
             percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
                 .to_string();
-        for encoded in [form, escaped] {
+        // JSON writers may escape `/` as `\/`; escapes may be written in lower-case hex.
+        let json_slash = value.replace('/', "\\/");
+        for encoded in [
+            lower_hex_escapes(&form),
+            lower_hex_escapes(&escaped),
+            form,
+            escaped,
+            json_slash,
+        ] {
             if encoded != value {
                 out = out.replace(&encoded, REDACTED);
-                out = out.replace(&encoded.to_ascii_lowercase(), REDACTED);
+            }
+        }
+    }
+    out
+}
+
+/// `%2F` → `%2f`: the same escape in lower-case hex, the rest untouched.
+fn lower_hex_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '%' {
+            for _ in 0..2 {
+                if let Some(h) = chars.next() {
+                    out.push(h.to_ascii_lowercase());
+                }
             }
         }
     }
@@ -316,5 +340,14 @@ mod tests {
         let key = Secret::new("k ey/+&=");
         assert_eq!(redact("x k%20ey%2F%2B%26%3D y", [&key]), "x <redacted> y");
         assert_eq!(redact("x k%20ey%2f%2b%26%3d y", [&key]), "x <redacted> y");
+        let key = Secret::new("FAKE2/k+e=y");
+        assert_eq!(
+            redact("/csv/FAKE2%2fk%2be%3dy/V", [&key]),
+            "/csv/<redacted>/V"
+        );
+        assert_eq!(
+            redact(r#"{"u": "API_KEY=FAKE2\/k+e=y"}"#, [&key]),
+            r#"{"u": "API_KEY=<redacted>"}"#
+        );
     }
 }

@@ -387,3 +387,42 @@ async fn a_body_whose_gzip_does_not_decode_is_corrupt_not_cut_off() {
     assert_eq!(e.kind(), "corrupt_payload", "{e}");
     assert!(e.is_bad_payload());
 }
+
+#[tokio::test]
+async fn a_pause_that_starts_while_a_request_waits_for_its_turn_holds_it_too() {
+    let server = Replay::start().await;
+    server.script(
+        "/a",
+        vec![
+            Reply::status(429).header("Retry-After", "3"),
+            Reply::json("[]"),
+        ],
+    );
+    server.script("/b", vec![Reply::json("[]")]);
+    let host = server.base.trim_start_matches("http://").to_owned();
+    let clients = std::sync::Arc::new(clients(&[(
+        &host,
+        HostConfig {
+            min_interval: Some(Dur(Duration::from_secs(1))),
+            budget: None,
+        },
+    )]));
+    let a = request(&format!("{}/a", server.base), Expect::Json);
+    let b = request(&format!("{}/b", server.base), Expect::Json);
+    let first = {
+        let clients = clients.clone();
+        tokio::spawn(async move { clients.for_url(&a.url).fetch(&a).await })
+    };
+    server.wait_hits("/a", 1, Duration::from_secs(5)).await;
+    // `b` waits about a second for its turn; the 429's pause began before that.
+    assert!(clients.for_url(&b.url).fetch(&b).await.is_ok());
+    assert!(first.await.unwrap().is_ok());
+    let seen = server.seen();
+    let t429 = seen[0].at;
+    let b_at = seen.iter().find(|s| s.path == "/b").unwrap().at;
+    assert!(
+        b_at.duration_since(t429) >= Duration::from_millis(2900),
+        "/b asked {:?} after the 429",
+        b_at.duration_since(t429)
+    );
+}

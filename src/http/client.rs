@@ -358,14 +358,23 @@ impl ApiClient {
                     self.counters.rate_limited_waits.fetch_add(1, Relaxed);
                     tokio::time::sleep_until(until.into()).await;
                 }
-                _ => break,
+                _ => {}
             }
-        }
-        if let Some(pacer) = &self.pacer
-            && pacer.check().is_err()
-        {
-            self.counters.rate_limited_waits.fetch_add(1, Relaxed);
-            pacer.until_ready().await;
+            if let Some(pacer) = &self.pacer
+                && pacer.check().is_err()
+            {
+                self.counters.rate_limited_waits.fetch_add(1, Relaxed);
+                pacer.until_ready().await;
+            }
+            // A pause that began while this request waited for its turn holds it too.
+            let paused = self
+                .pause_until
+                .lock()
+                .expect("pause lock")
+                .is_some_and(|until| until > Instant::now());
+            if !paused {
+                break;
+            }
         }
         if let Some(budget) = &self.budget {
             let mut budget = budget.lock().expect("budget lock");
@@ -692,16 +701,23 @@ impl ApiClients {
                 url: String::new(),
                 detail: format!("cannot build the HTTP client: {}", e.without_url()),
             })?;
+        let mut config = config.clone();
+        config.hosts = config
+            .hosts
+            .into_iter()
+            .map(|(host, limits)| (host.to_ascii_lowercase(), limits))
+            .collect();
         Ok(ApiClients {
             http,
-            config: config.clone(),
+            config,
             clients: Mutex::new(BTreeMap::new()),
         })
     }
 
     /// The client for `url`'s host (`host` or `host:port` as keyed in `http.hosts`).
     pub fn for_url(&self, url: &Url) -> Arc<ApiClient> {
-        let host = url.host_str().unwrap_or("").to_owned();
+        // Url lower-cases host names; http.hosts keys are matched the same way.
+        let host = url.host_str().unwrap_or("").to_ascii_lowercase();
         let authority = match url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.clone(),

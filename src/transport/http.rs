@@ -580,6 +580,17 @@ pub fn check_config(at: &str, s: &SourceConfig, problems: &mut Vec<String>) {
         check_bbox(&format!("{at}.bbox"), bbox, problems);
     }
     for (name, value) in &s.headers {
+        let lower = name.to_ascii_lowercase();
+        if s.headers
+            .keys()
+            .filter(|h| h.to_ascii_lowercase() == lower)
+            .count()
+            > 1
+        {
+            problems.push(format!(
+                "{at}.headers.{name}: given twice (header names are not case-sensitive; one value would be lost)"
+            ));
+        }
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
             problems.push(format!(
                 "{at}.headers: {name:?} is not a valid header name (letters, digits and `-`, no spaces)"
@@ -706,9 +717,23 @@ pub fn check_http(http: &HttpConfig, problems: &mut Vec<String>) {
     }
     for (host, limits) in &http.hosts {
         let at = format!("http.hosts.{host}");
-        let valid_host = Url::parse(&format!("http://{host}/"))
-            .ok()
-            .is_some_and(|u| u.host_str().is_some() && u.path() == "/" && !host.contains('/'));
+        let valid_host = !host.contains(['/', '@'])
+            && !host.ends_with(':')
+            && Url::parse(&format!("http://{host}/"))
+                .ok()
+                .is_some_and(|u| u.host_str().is_some() && u.path() == "/");
+        let lower = host.to_ascii_lowercase();
+        if http
+            .hosts
+            .keys()
+            .filter(|h| h.to_ascii_lowercase() == lower)
+            .count()
+            > 1
+        {
+            problems.push(format!(
+                "{at}: given twice (host names are not case-sensitive)"
+            ));
+        }
         if !valid_host {
             problems.push(format!(
                 "{at}: {host:?} is not a host name (write `api.example.org` or `api.example.org:8443`)"
@@ -953,6 +978,35 @@ mod tests {
             next_page(number, "/links/next", &here)
                 .unwrap_err()
                 .contains("is 5, not a URL string")
+        );
+    }
+
+    #[test]
+    fn host_keys_and_headers_that_differ_only_in_case_or_cannot_match_are_refused() {
+        let http: HttpConfig = yaml_serde::from_str(
+            "{hosts: {a.com: {}, A.COM: {}, \"user@b.com\": {}, \"c.com:\": {}}}",
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        check_http(&http, &mut problems);
+        let all = problems.join("\n");
+        assert!(all.contains("http.hosts.A.COM: given twice"), "{all}");
+        assert!(
+            all.contains("http.hosts.user@b.com: \"user@b.com\" is not a host name"),
+            "{all}"
+        );
+        assert!(
+            all.contains("http.hosts.c.com:: \"c.com:\" is not a host name"),
+            "{all}"
+        );
+        let s = source("{type: http, url: 'http://h/x', topic: t, headers: {X-A: one, x-a: two}}");
+        let mut problems = Vec::new();
+        check_config("sources.s", &s, &mut problems);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("headers.X-A: given twice")),
+            "{problems:?}"
         );
     }
 }
