@@ -59,6 +59,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
     /// The file this came from (for messages); empty for configs built in code.
     #[serde(skip)]
     pub file: PathBuf,
@@ -513,6 +515,56 @@ fn default_shutdown_timeout() -> Dur {
     Dur(Duration::from_secs(30))
 }
 
+/// Where sources' checkpoints are kept (DESIGN §5 "Checkpoint store").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    #[serde(default)]
+    pub store: CheckpointStoreKind,
+    /// The directory of the `dir` store; default `checkpoints` beside `sink.log.dir`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// How often changed checkpoints are written; also written at shutdown.
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval: Dur,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            store: CheckpointStoreKind::default(),
+            dir: None,
+            interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+impl CheckpointConfig {
+    /// The directory of the `dir` store.
+    pub fn dir_for(&self, log_dir: &Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| match log_dir.parent() {
+            Some(parent) => parent.join("checkpoints"),
+            None => PathBuf::from("checkpoints"),
+        })
+    }
+}
+
+fn default_checkpoint_interval() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointStoreKind {
+    /// `kafka` when the sink is Kafka, else `dir`.
+    #[default]
+    Auto,
+    /// Files in a local directory (temp file, fsync, rename).
+    Dir,
+    /// The compacted topic `firestream-checkpoints` (needs the Kafka sink).
+    Kafka,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupeConfig {
@@ -800,6 +852,11 @@ impl Config {
         if self.sink.log.dir.is_relative() {
             self.sink.log.dir = base.join(&self.sink.log.dir);
         }
+        if let Some(dir) = &mut self.checkpoint.dir
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
         for source in self.sources.values_mut() {
             if let Some(ca) = &mut source.ca_file
                 && ca.is_relative()
@@ -891,6 +948,23 @@ impl Config {
         }
         if self.dedupe.window.0.is_zero() {
             problems.push("dedupe.window: must be longer than 0s".to_owned());
+        }
+        if self.checkpoint.store == CheckpointStoreKind::Kafka && self.sink.kind != SinkKind::Kafka
+        {
+            problems.push(
+                "checkpoint.store: `kafka` needs `sink.type: kafka`; use `dir` (or leave it out) with the log sink"
+                    .to_owned(),
+            );
+        }
+        if self.checkpoint.interval.0 < Duration::from_millis(100) {
+            problems.push("checkpoint.interval: must be at least 100ms (default 5s)".to_owned());
+        }
+        let checkpoint_dir = self.checkpoint.dir_for(&self.sink.log.dir);
+        if checkpoint_dir.exists() && !checkpoint_dir.is_dir() {
+            problems.push(format!(
+                "checkpoint.dir: {} exists and is not a directory",
+                checkpoint_dir.display()
+            ));
         }
         if problems.is_empty() {
             Ok(())

@@ -2,8 +2,12 @@
 //!
 //! One window per source type, because the id covers the source type and natural key: two
 //! sources of the same product with overlapping areas yield one record. The window is
-//! measured against `ingested_at` of the first sighting. In memory for now; the checkpoint
-//! store will persist it.
+//! measured against `ingested_at` of the first sighting.
+//!
+//! An id is inserted when its record is queued and marked acknowledged, with the source that
+//! sent it, once the record is in the sink. Only acknowledged ids go into a source's
+//! checkpoint: an id still in flight at a crash must not stop its record from being sent
+//! again after the restart.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -20,10 +24,18 @@ pub struct Dedupe {
     state: Mutex<State>,
 }
 
+/// A remembered id.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// When it expires (ms since the epoch).
+    expires: i64,
+    /// The source whose record was acknowledged by the sink; `None` while in flight.
+    acked_by: Option<Arc<str>>,
+}
+
 #[derive(Default)]
 struct State {
-    /// id → when it expires (ms since the epoch).
-    seen: HashMap<RecordId, i64>,
+    seen: HashMap<RecordId, Entry>,
     /// Insertion order, for expiry; entries whose id was forgotten or renewed are skipped.
     order: VecDeque<(i64, RecordId)>,
 }
@@ -45,11 +57,73 @@ impl Dedupe {
         match state.seen.get(&id) {
             Some(_) => false,
             None => {
-                state.seen.insert(id, expires);
+                state.seen.insert(
+                    id,
+                    Entry {
+                        expires,
+                        acked_by: None,
+                    },
+                );
                 state.order.push_back((expires, id));
                 true
             }
         }
+    }
+
+    /// The record of `id` from `source` is in the sink: its id may go into checkpoints.
+    pub fn ack(&self, id: &RecordId, source: &Arc<str>) {
+        if let Some(entry) = self.state.lock().expect("dedupe lock").seen.get_mut(id) {
+            entry.acked_by = Some(source.clone());
+        }
+    }
+
+    /// Acknowledged ids of `source` that have not expired by `now`, with their expiry
+    /// (ms since the epoch): the dedupe part of its checkpoint.
+    pub fn acked_by(&self, source: &str, now: DateTime<Utc>) -> Vec<(RecordId, i64)> {
+        let mut state = self.state.lock().expect("dedupe lock");
+        state.expire(now.timestamp_millis());
+        state
+            .seen
+            .iter()
+            .filter(|(_, e)| e.acked_by.as_deref() == Some(source))
+            .map(|(id, e)| (*id, e.expires))
+            .collect()
+    }
+
+    /// Remembers ids known to be in the sink already (from a checkpoint, or found in a
+    /// topic's tail after a restart), with their expiry (ms since the epoch); those expired
+    /// before `now` are skipped. An id remembered twice keeps the later expiry.
+    pub fn restore(
+        &self,
+        ids: impl IntoIterator<Item = (RecordId, i64)>,
+        source: &Arc<str>,
+        now: DateTime<Utc>,
+    ) {
+        let now_ms = now.timestamp_millis();
+        let mut state = self.state.lock().expect("dedupe lock");
+        for (id, expires) in ids {
+            if expires <= now_ms {
+                continue;
+            }
+            let entry = state.seen.entry(id).or_insert(Entry {
+                expires,
+                acked_by: None,
+            });
+            entry.expires = entry.expires.max(expires);
+            entry.acked_by = Some(source.clone());
+            let expires = entry.expires;
+            state.order.push_back((expires, id));
+        }
+        // Restored ids arrive in no particular order; expiry walks the queue from the front.
+        state
+            .order
+            .make_contiguous()
+            .sort_unstable_by_key(|(t, _)| *t);
+    }
+
+    /// The window's length in milliseconds.
+    pub fn window_ms(&self) -> i64 {
+        self.window_ms
     }
 
     /// Forgets an id whose record was not delivered, so a later fetch may send it again.
@@ -74,7 +148,7 @@ impl State {
                 break;
             }
             self.order.pop_front();
-            if self.seen.get(&id) == Some(&expires) {
+            if self.seen.get(&id).map(|e| e.expires) == Some(expires) {
                 self.seen.remove(&id);
             }
         }
@@ -144,6 +218,54 @@ mod tests {
         assert!(d.insert_if_new(id(1), t0));
         // The stale expiry entry of the first insert must not evict the second.
         assert!(!d.insert_if_new(id(1), t0 + chrono::Duration::seconds(1)));
+    }
+
+    #[test]
+    fn only_acknowledged_ids_of_a_source_go_into_its_checkpoint() {
+        let d = Dedupe::new(Duration::from_secs(60));
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        assert!(d.insert_if_new(id(1), t0));
+        assert!(d.insert_if_new(id(2), t0));
+        assert!(d.insert_if_new(id(3), t0));
+        d.ack(&id(1), &a);
+        d.ack(&id(3), &b);
+        // id 2 is still in flight: not in anybody's checkpoint.
+        assert_eq!(
+            d.acked_by("a", t0),
+            vec![(id(1), t0.timestamp_millis() + 60_000)]
+        );
+        assert_eq!(
+            d.acked_by("b", t0),
+            vec![(id(3), t0.timestamp_millis() + 60_000)]
+        );
+        assert!(
+            d.acked_by("a", t0 + chrono::Duration::seconds(60))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn restored_ids_are_duplicates_until_they_expire() {
+        let d = Dedupe::new(Duration::from_secs(60));
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let src: Arc<str> = Arc::from("s");
+        let ms = t0.timestamp_millis();
+        // Out of order, one already expired.
+        d.restore(
+            [(id(2), ms + 20_000), (id(1), ms + 10_000), (id(3), ms)],
+            &src,
+            t0,
+        );
+        assert_eq!(d.len(), 2);
+        assert!(!d.insert_if_new(id(1), t0));
+        assert!(d.insert_if_new(id(3), t0));
+        // id 1 expires at +10 s, id 2 at +20 s.
+        assert!(d.insert_if_new(id(1), t0 + chrono::Duration::seconds(10)));
+        assert!(!d.insert_if_new(id(2), t0 + chrono::Duration::seconds(19)));
+        let mut acked = d.acked_by("s", t0 + chrono::Duration::seconds(19));
+        acked.sort();
+        assert_eq!(acked, vec![(id(2), ms + 20_000)]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use futures::stream::FuturesOrdered;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::checkpoint::{OffsetLedger, Ticket};
 use crate::dedupe::DedupeRegistry;
 use crate::dlq::{DeadLetter, Stage};
 use crate::queue::{Batch, Lanes, Queue};
@@ -40,6 +41,8 @@ pub struct Delivery {
     pub dlq_fallback: Option<Arc<dyn Sink>>,
     pub stats: Arc<Stats>,
     pub dedupe: Arc<DedupeRegistry>,
+    /// Where acknowledged records are, for checkpoints.
+    pub ledger: Arc<OffsetLedger>,
 }
 
 impl Delivery {
@@ -104,14 +107,17 @@ impl Delivery {
             let take = open && in_flight.len() < MAX_IN_FLIGHT;
             tokio::select! {
                 biased;
-                Some(outcomes) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((ticket, outcomes)) = in_flight.next(), if !in_flight.is_empty() => {
                     self.account(outcomes).await;
+                    self.ledger.settled(ticket);
                 }
                 _ = deadline.cancelled(), if take => open = false,
                 batch = self.queue.pop(lanes, BATCH_SIZE), if take => match batch {
                     Some(batch) => {
                         let messages = self.route(batch);
-                        in_flight.push_back(self.sink.submit(messages).await);
+                        let ticket: Ticket = self.ledger.submitted();
+                        let pending = self.sink.submit(messages).await;
+                        in_flight.push_back(async move { (ticket, pending.await) });
                     }
                     None => open = false,
                 },
@@ -153,7 +159,23 @@ impl Delivery {
                 Origin::DeadLetter { .. } => None,
             };
             let e = match result {
-                Ok(_) => {
+                Ok(stored) => {
+                    if let Origin::Record {
+                        id,
+                        source_id,
+                        source_type,
+                        copy: false,
+                        ..
+                    } = &message.origin
+                    {
+                        self.dedupe.for_type(*source_type).ack(id, source_id);
+                        self.ledger.acked(
+                            source_id,
+                            &message.topic,
+                            stored.partition,
+                            stored.offset,
+                        );
+                    }
                     receipts.extend(receipt);
                     *delivered.entry(message.topic.clone()).or_default() += 1;
                     continue;
@@ -435,6 +457,7 @@ mod tests {
             dlq_fallback: None,
             stats: stats.clone(),
             dedupe: Arc::new(DedupeRegistry::new(Duration::from_secs(60))),
+            ledger: Arc::default(),
         };
         let task = tokio::spawn(delivery.run(CancellationToken::new()));
         Harness {

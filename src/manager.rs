@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
+use crate::checkpoint::{CheckpointError, Checkpoints, OffsetLedger, Recovery, SourceInfo};
 use crate::config::SinkKind;
 use crate::config::{Config, SourceConfig};
 use crate::dedupe::DedupeRegistry;
@@ -43,6 +44,8 @@ pub enum ManagerError {
     Source(String),
     #[error("cannot start the HTTP client: {0}")]
     Http(#[from] crate::http::FetchError),
+    #[error("{0}")]
+    Checkpoint(#[from] CheckpointError),
     #[error("unknown source `{id}` in {file}; configured sources: {known}")]
     UnknownSource {
         id: String,
@@ -184,6 +187,9 @@ pub struct StreamManager {
     stats: Arc<Stats>,
     /// One client per upstream host, shared by the sources on it.
     clients: Arc<ApiClients>,
+    ledger: Arc<OffsetLedger>,
+    /// Without them (a sink handed in by a test), nothing survives a restart.
+    checkpoints: Option<Arc<Checkpoints>>,
 }
 
 impl StreamManager {
@@ -200,6 +206,11 @@ impl StreamManager {
         warn_about_unused_settings(&config);
         let mut manager = Self::with_sink(config, sinks.main)?;
         manager.dlq_fallback = sinks.dlq_fallback;
+        manager.checkpoints = Some(Arc::new(Checkpoints::open(
+            &manager.config,
+            manager.ledger.clone(),
+            manager.dedupe.clone(),
+        )?));
         Ok(manager)
     }
 
@@ -215,9 +226,70 @@ impl StreamManager {
             )),
             dedupe: Arc::new(DedupeRegistry::new(config.dedupe.window.0)),
             stats: Arc::new(Stats::default()),
+            ledger: Arc::default(),
+            checkpoints: None,
             sink,
             config,
         })
+    }
+
+    /// Restores sources' dedupe windows and file cursors (see [`crate::checkpoint`]) before
+    /// any of them starts. With a Kafka cluster not reachable yet, it tries again until it
+    /// can, or until `shutdown`: starting without it could send records twice.
+    async fn recover(
+        &self,
+        sources: Vec<SourceInfo>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Recovery>, ManagerError> {
+        let Some(checkpoints) = &self.checkpoints else {
+            return Ok(None);
+        };
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match checkpoints.recover(sources.clone()).await {
+                Ok(recovery) => {
+                    info!(
+                        store = %checkpoints.describe(),
+                        checkpoints = recovery.checkpoints,
+                        restored_ids = recovery.restored_ids,
+                        tail_records = recovery.tail_records,
+                        tail_ids = recovery.tail_ids,
+                        "recovered from checkpoints"
+                    );
+                    return Ok(Some(recovery));
+                }
+                Err(e @ CheckpointError::Corrupt { .. }) => return Err(e.into()),
+                Err(e) => {
+                    warn!(error = %e, retry_in_s = wait.as_secs(), "cannot recover from checkpoints yet; sources wait");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(e.into()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Writes the final checkpoints once delivery has settled everything.
+    async fn save_checkpoints(&self) {
+        if let Some(checkpoints) = &self.checkpoints {
+            match checkpoints.save().await {
+                Ok(n) => {
+                    info!(checkpoints = n, store = %checkpoints.describe(), "checkpoints written")
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot write the final checkpoints; the next start reads the topics' tails back further")
+                }
+            }
+        }
+    }
+
+    fn checkpointer(&self) -> Option<(tokio::task::JoinHandle<()>, CancellationToken)> {
+        let checkpoints = self.checkpoints.clone()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(checkpoints.run(self.config.checkpoint.interval.0, stop.clone()));
+        Some((task, stop))
     }
 
     /// Request counters, budget and pauses per upstream host.
@@ -231,7 +303,14 @@ impl StreamManager {
 
     /// A file stream over `paths` (`ingest`, or a source with `paths:`).
     fn stream(&self, id: &str, source: &SourceConfig, mode: Mode, paths: Vec<String>) -> Stream {
-        self.stream_over(id, source, mode, Transport::File(FileTransport::new(paths)))
+        let mut files = FileTransport::new(paths);
+        // `ingest` reads every file it is given; rows already sent are found by dedupe.
+        if let Some(checkpoints) = self.checkpoints.as_ref().filter(|_| mode != Mode::Once) {
+            files.restore(checkpoints.file_cursor(&Arc::from(id)).files());
+        }
+        let mut stream = self.stream_over(id, source, mode, Transport::File(files));
+        stream.files = self.checkpoints.as_ref().map(|c| c.file_cursor(&stream.id));
+        stream
     }
 
     /// A configured source's stream, on the transport its config names.
@@ -284,6 +363,7 @@ impl StreamManager {
             dedupe: self.dedupe.for_type(source.source_type),
             queue: self.queue.clone(),
             stats: self.stats.clone(),
+            files: None,
         }
     }
 
@@ -297,6 +377,7 @@ impl StreamManager {
             dlq_fallback: self.dlq_fallback.clone(),
             stats: self.stats.clone(),
             dedupe: self.dedupe.clone(),
+            ledger: self.ledger.clone(),
         };
         let failed = CancellationToken::new();
         let worker = tokio::spawn(delivery.run(deadline));
@@ -363,8 +444,24 @@ impl StreamManager {
             return Err(ManagerError::NoSources(self.config.file.clone()));
         }
         let started = Instant::now();
+        let router = Router::new(&self.config);
+        let infos = self
+            .config
+            .sources
+            .iter()
+            .map(|(id, source)| SourceInfo {
+                id: Arc::from(id.as_str()),
+                source_type: source.source_type,
+                topics: vec![router.topic(id, source.source_type).to_string()],
+            })
+            .collect();
+        if let Err(e) = self.recover(infos, &shutdown).await {
+            let _ = self.sink.close().await;
+            return Err(e);
+        }
+        let checkpointer = self.checkpointer();
         let deadline = CancellationToken::new();
-        let delivery = self.start_delivery(Router::new(&self.config), deadline.clone());
+        let delivery = self.start_delivery(router, deadline.clone());
         let stop = CancellationToken::new();
         let mut streams = JoinSet::new();
         for (id, source) in &self.config.sources {
@@ -395,7 +492,13 @@ impl StreamManager {
         }
         info!(queued = ?self.queue.depth(), "sources stopped; draining the queue");
         // Stopping was asked for (or delivery died, and then there is nothing to wait for).
-        self.finish(delivery, deadline, shutdown).await?;
+        let finished = self.finish(delivery, deadline, shutdown).await;
+        if let Some((task, stop)) = checkpointer {
+            stop.cancel();
+            let _ = task.await;
+        }
+        self.save_checkpoints().await;
+        finished?;
         let mut report = Report::collect(&self.stats, self.sink_status(), started);
         report.hosts = self.clients.snapshots();
         for (stream, status) in &report.upstream {
@@ -470,6 +573,16 @@ impl StreamManager {
                 (id, source)
             }
         };
+        let info = SourceInfo {
+            id: Arc::from(id.as_str()),
+            source_type: source.source_type,
+            topics: vec![router.topic(&id, source.source_type).to_string()],
+        };
+        if let Err(e) = self.recover(vec![info], &shutdown).await {
+            let _ = self.sink.close().await;
+            return Err(e);
+        }
+        let checkpointer = self.checkpointer();
         let deadline = CancellationToken::new();
         let delivery = self.start_delivery(router, deadline.clone());
         let paths = paths
@@ -493,7 +606,13 @@ impl StreamManager {
                 break;
             }
         }
-        self.finish(delivery, deadline, shutdown).await?;
+        let finished = self.finish(delivery, deadline, shutdown).await;
+        if let Some((task, stop)) = checkpointer {
+            stop.cancel();
+            let _ = task.await;
+        }
+        self.save_checkpoints().await;
+        finished?;
         let mut report = Report::collect(&self.stats, self.sink_status(), started);
         report.not_read = not_read;
         Ok(report)

@@ -16,11 +16,13 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::checkpoint::FileCursor;
 use crate::dedupe::Dedupe;
 use crate::dlq::{DeadLetter, Stage};
 use crate::http::{BreakerState, CircuitBreaker, FetchError};
 use crate::mode::{Mode, PriorityPolicy};
-use crate::queue::Queue;
+use crate::queue::{Closed, Queue};
+use crate::receipt::Receipt;
 use crate::record::RecordId;
 use crate::secret::Secret;
 use crate::sources::{Parser, Row, SourceType};
@@ -60,6 +62,8 @@ pub struct Stream {
     pub dedupe: Arc<Dedupe>,
     pub queue: Arc<Queue>,
     pub stats: Arc<Stats>,
+    /// Files whose records were all accounted for, for the checkpoint (file transport).
+    pub files: Option<Arc<FileCursor>>,
 }
 
 /// How one poll went.
@@ -135,6 +139,7 @@ impl Stream {
             cancel: cancel.clone(),
             input,
             origin,
+            receipt: None,
             not_before: None,
             secrets: match &self.transport {
                 Transport::Http(source) => source.transport.secrets(),
@@ -192,13 +197,23 @@ impl Stream {
                 break;
             }
             outcome.files += 1;
-            let job = self.job(
+            let mut job = self.job(
                 &stream_stats,
                 cancel,
                 Input::File(path.clone()),
                 display(&path),
             );
+            // The checkpoint lists the file once each of its records is accounted for.
+            let receipt = self.files.clone().map(|cursor| {
+                let path = path.clone();
+                Receipt::new(move || cursor.done(path, fingerprint))
+            });
+            job.receipt = receipt.clone();
             let result = self.run_job(job).await;
+            if !matches!(result, JobResult::Done { .. } | JobResult::Rejected) {
+                receipt.iter().for_each(Receipt::abandon);
+            }
+            drop(receipt);
             let Transport::File(transport) = &mut self.transport else {
                 return outcome;
             };
@@ -504,6 +519,8 @@ struct PayloadJob {
     input: Input,
     /// The file path or redacted URL, for messages.
     origin: String,
+    /// Travels with every record of the payload; resolves when all are accounted for.
+    receipt: Option<Receipt>,
     /// Records with an older event time are not new (`/latest` going backwards).
     not_before: Option<DateTime<Utc>>,
     /// Secrets an HTTP answer may echo; redacted from every dead letter and log line.
@@ -557,11 +574,17 @@ impl PayloadJob {
                         return true;
                     }
                     let id = record.id;
-                    match runtime.block_on(self.queue.push(*record)) {
+                    let pushed = match &self.receipt {
+                        Some(receipt) => runtime
+                            .block_on(self.queue.push_with_receipt(*record, receipt.clone()))
+                            .map_err(|Closed((_, receipt))| receipt.abandon()),
+                        None => runtime.block_on(self.queue.push(*record)).map_err(drop),
+                    };
+                    match pushed {
                         Ok(()) => {
                             self.stream_stats.enqueued.fetch_add(1, Relaxed);
                         }
-                        Err(_) => {
+                        Err(()) => {
                             self.dedupe.forget(&id);
                             error!("queue closed while the stream was still running; record not sent (it will be read again)");
                             stopped = true;

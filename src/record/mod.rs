@@ -108,6 +108,24 @@ impl RecordId {
         id.copy_from_slice(&digest[..16]);
         RecordId(id)
     }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Parses the 32 hex digits of [`Display`](fmt::Display) (the `firestream-id` header).
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 32 {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            let pair = std::str::from_utf8(pair).ok()?;
+            id[i] = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(RecordId(id))
+    }
 }
 
 impl fmt::Display for RecordId {

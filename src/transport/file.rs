@@ -22,7 +22,7 @@ pub enum FileError {
 }
 
 /// What identifies a file's version: its length and modification time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fingerprint {
     len: u64,
     modified: Option<SystemTime>,
@@ -80,7 +80,7 @@ impl FileTransport {
                 len: meta.len(),
                 modified: meta.modified().ok(),
             };
-            if self.read.get(&path) != Some(&fingerprint) {
+            if self.read.get(&canonical(&path)) != Some(&fingerprint) {
                 pending.push((path, fingerprint));
             }
         }
@@ -104,8 +104,21 @@ impl FileTransport {
 
     /// Remembers that this version of the file was read to its end.
     pub fn mark_read(&mut self, path: PathBuf, fingerprint: Fingerprint) {
-        self.read.insert(path, fingerprint);
+        self.read.insert(canonical(&path), fingerprint);
     }
+
+    /// Files read to their end, and whose records were all accounted for, by an earlier run
+    /// (from the source's checkpoint): not read again unless they change.
+    pub fn restore(&mut self, read: impl IntoIterator<Item = (PathBuf, Fingerprint)>) {
+        self.read
+            .extend(read.into_iter().map(|(path, f)| (canonical(&path), f)));
+    }
+}
+
+/// The path a file is remembered by: the same file named from another working directory or
+/// through `..` is the same file.
+pub fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// Paths matching a glob, sorted; a path without glob characters is returned as is.

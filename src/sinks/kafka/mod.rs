@@ -525,6 +525,18 @@ impl Sink for KafkaSink {
 
 /// The client configuration: firestream's defaults, then the user's properties, then what
 /// firestream's guarantees require.
+/// The cluster connection alone (bootstrap servers, security and the user's properties), for
+/// firestream's other clients: checkpoint store and recovery reader.
+pub fn connection_config(kafka: &KafkaSinkConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (name, value) in &kafka.properties.0 {
+        config.set(name, value);
+    }
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    config.set("client.id", "firestream");
+    config
+}
+
 fn client_config(kafka: &KafkaSinkConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     for (name, value) in DEFAULTS {

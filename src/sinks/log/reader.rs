@@ -81,6 +81,20 @@ impl PartitionReader {
         }
     }
 
+    /// Starts at the segment that holds `offset` (lines before it are still returned: the
+    /// caller skips them). Segments are named by their first offset, as in Kafka.
+    pub fn seek_segment(&mut self, offset: u64) -> io::Result<()> {
+        let segments = match list_segments(&self.dir) {
+            Ok(segments) => segments,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.segment = segments.iter().rev().find(|&&b| b <= offset).copied();
+        self.position = 0;
+        self.reader = None;
+        Ok(())
+    }
+
     /// The next complete line, or `None` when there is nothing more for now.
     pub fn next_entry(&mut self) -> io::Result<Option<Entry>> {
         loop {

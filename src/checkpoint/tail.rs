@@ -1,0 +1,274 @@
+//! Reading back the tail of a topic after a restart: which ids a source already stored after
+//! the offsets its checkpoint covers (DESIGN §5 "Delivery guarantee"). Records carry their
+//! source and id in the `firestream-source-id` and `firestream-id` headers, so only headers
+//! are decoded.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::CheckpointError;
+use crate::record::RecordId;
+use crate::sinks::log::reader::{self, PartitionReader};
+
+/// Where reading a partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Offset(u64),
+    /// The first record stored at or after this time (ms since the epoch).
+    Time(i64),
+}
+
+/// A stored record, as far as recovery needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailRecord {
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub source_id: String,
+    pub id: RecordId,
+}
+
+/// A topic store that recovery can read: the local log or a Kafka cluster.
+pub trait TailSource: Send + Sync {
+    /// The topic's partitions; empty when the topic does not exist.
+    fn partitions(&self, topic: &str) -> Result<Vec<u32>, CheckpointError>;
+
+    /// Calls `found` for each record from each partition's start to its current end.
+    /// Records without firestream's headers (written by something else) are skipped.
+    fn scan(
+        &self,
+        topic: &str,
+        starts: &BTreeMap<u32, StartAt>,
+        found: &mut dyn FnMut(TailRecord),
+    ) -> Result<u64, CheckpointError>;
+}
+
+#[derive(serde::Deserialize)]
+struct LineHeaders<'a> {
+    #[serde(borrow, rename = "firestream-source-id")]
+    source_id: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "firestream-id")]
+    id: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct LineHead<'a> {
+    #[serde(borrow)]
+    headers: Option<LineHeaders<'a>>,
+}
+
+/// The embedded log's segments.
+pub struct LogTail {
+    dir: PathBuf,
+}
+
+impl LogTail {
+    pub fn new(dir: PathBuf) -> Self {
+        LogTail { dir }
+    }
+}
+
+impl TailSource for LogTail {
+    fn partitions(&self, topic: &str) -> Result<Vec<u32>, CheckpointError> {
+        match reader::partitions(&self.dir, topic) {
+            Ok(partitions) => Ok(partitions),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(CheckpointError::io(&self.dir.join(topic), e)),
+        }
+    }
+
+    fn scan(
+        &self,
+        topic: &str,
+        starts: &BTreeMap<u32, StartAt>,
+        found: &mut dyn FnMut(TailRecord),
+    ) -> Result<u64, CheckpointError> {
+        let topic_dir = self.dir.join(topic);
+        let mut read = 0;
+        for (&partition, &start) in starts {
+            let io = |e| CheckpointError::io(&topic_dir.join(partition.to_string()), e);
+            let mut partition_reader = PartitionReader::new(&topic_dir, partition);
+            let (from_offset, from_time) = match start {
+                StartAt::Offset(offset) => {
+                    partition_reader.seek_segment(offset).map_err(io)?;
+                    (offset, i64::MIN)
+                }
+                StartAt::Time(t) => (0, t),
+            };
+            while let Some(entry) = partition_reader.next_entry().map_err(io)? {
+                if entry.offset < from_offset || entry.timestamp_ms < from_time {
+                    continue;
+                }
+                read += 1;
+                let Ok(head) = serde_json::from_str::<LineHead<'_>>(&entry.line) else {
+                    continue;
+                };
+                let Some(LineHeaders {
+                    source_id: Some(source_id),
+                    id: Some(id),
+                }) = head.headers
+                else {
+                    continue;
+                };
+                let Some(id) = RecordId::from_hex(&id) else {
+                    continue;
+                };
+                found(TailRecord {
+                    partition,
+                    offset: entry.offset,
+                    timestamp_ms: entry.timestamp_ms,
+                    source_id: source_id.into_owned(),
+                    id,
+                });
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// A Kafka cluster, read with an unsubscribed consumer (assign, no group commits).
+pub struct KafkaTail {
+    client: ClientConfig,
+    timeout: Duration,
+}
+
+impl KafkaTail {
+    pub fn new(client: ClientConfig, timeout: Duration) -> Self {
+        KafkaTail { client, timeout }
+    }
+
+    fn consumer(&self) -> Result<BaseConsumer, CheckpointError> {
+        let mut client = self.client.clone();
+        for name in [
+            "linger.ms",
+            "compression.type",
+            "partitioner",
+            "acks",
+            "enable.idempotence",
+        ] {
+            client.remove(name);
+        }
+        client
+            .set("group.id", "firestream-recovery")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(|e| CheckpointError::Kafka(format!("recovery consumer: {e}")))
+    }
+}
+
+impl TailSource for KafkaTail {
+    fn partitions(&self, topic: &str) -> Result<Vec<u32>, CheckpointError> {
+        let consumer = self.consumer()?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), self.timeout)
+            .map_err(|e| CheckpointError::Kafka(format!("metadata of {topic}: {e}")))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id() as u32))
+            .collect())
+    }
+
+    fn scan(
+        &self,
+        topic: &str,
+        starts: &BTreeMap<u32, StartAt>,
+        found: &mut dyn FnMut(TailRecord),
+    ) -> Result<u64, CheckpointError> {
+        let kafka = |e: KafkaError| CheckpointError::Kafka(format!("reading {topic}: {e}"));
+        let consumer = self.consumer()?;
+        // Time starts become offsets; a time after the last record means nothing to read.
+        let mut by_time = TopicPartitionList::new();
+        for (&partition, start) in starts {
+            if let StartAt::Time(t) = start {
+                by_time
+                    .add_partition_offset(topic, partition as i32, Offset::Offset(*t))
+                    .map_err(kafka)?;
+            }
+        }
+        let resolved = if by_time.count() > 0 {
+            consumer
+                .offsets_for_times(by_time, self.timeout)
+                .map_err(kafka)?
+        } else {
+            by_time
+        };
+        let mut assignment = TopicPartitionList::new();
+        let mut ends: HashMap<i32, i64> = HashMap::new();
+        for (&partition, start) in starts {
+            let p = partition as i32;
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, self.timeout)
+                .map_err(kafka)?;
+            let from = match start {
+                StartAt::Offset(o) => (*o as i64).max(low),
+                StartAt::Time(_) => match resolved.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o.max(low),
+                    _ => high,
+                },
+            };
+            if from < high {
+                assignment
+                    .add_partition_offset(topic, p, Offset::Offset(from))
+                    .map_err(kafka)?;
+                ends.insert(p, high);
+            }
+        }
+        if ends.is_empty() {
+            return Ok(0);
+        }
+        consumer.assign(&assignment).map_err(kafka)?;
+        let mut read = 0;
+        let mut last_progress = Instant::now();
+        while !ends.is_empty() {
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                if last_progress.elapsed() > self.timeout {
+                    return Err(CheckpointError::Kafka(format!(
+                        "reading {topic} back: no progress for {:?} with partitions {:?} unread",
+                        self.timeout,
+                        ends.keys().collect::<Vec<_>>()
+                    )));
+                }
+                continue;
+            };
+            let message = message.map_err(kafka)?;
+            last_progress = Instant::now();
+            let (p, offset) = (message.partition(), message.offset());
+            if ends.get(&p).is_some_and(|&end| offset + 1 >= end) {
+                ends.remove(&p);
+            }
+            read += 1;
+            let (mut source_id, mut id) = (None, None);
+            if let Some(headers) = message.headers() {
+                for header in headers.iter() {
+                    let value = header.value.and_then(|v| std::str::from_utf8(v).ok());
+                    match header.key {
+                        "firestream-source-id" => source_id = value.map(str::to_owned),
+                        "firestream-id" => id = value.and_then(RecordId::from_hex),
+                        _ => {}
+                    }
+                }
+            }
+            if let (Some(source_id), Some(id)) = (source_id, id) {
+                found(TailRecord {
+                    partition: p as u32,
+                    offset: offset as u64,
+                    timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+                    source_id,
+                    id,
+                });
+            }
+        }
+        Ok(read)
+    }
+}
