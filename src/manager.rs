@@ -233,44 +233,6 @@ impl StreamManager {
         })
     }
 
-    /// Restores sources' dedupe windows and file cursors (see [`crate::checkpoint`]) before
-    /// any of them starts. With a Kafka cluster not reachable yet, it tries again until it
-    /// can, or until `shutdown`: starting without it could send records twice.
-    async fn recover(
-        &self,
-        sources: Vec<SourceInfo>,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<Recovery>, ManagerError> {
-        let Some(checkpoints) = &self.checkpoints else {
-            return Ok(None);
-        };
-        let mut wait = Duration::from_secs(1);
-        loop {
-            match checkpoints.recover(sources.clone()).await {
-                Ok(recovery) => {
-                    info!(
-                        store = %checkpoints.describe(),
-                        checkpoints = recovery.checkpoints,
-                        restored_ids = recovery.restored_ids,
-                        tail_records = recovery.tail_records,
-                        tail_ids = recovery.tail_ids,
-                        "recovered from checkpoints"
-                    );
-                    return Ok(Some(recovery));
-                }
-                Err(e @ CheckpointError::Corrupt { .. }) => return Err(e.into()),
-                Err(e) => {
-                    warn!(error = %e, retry_in_s = wait.as_secs(), "cannot recover from checkpoints yet; sources wait");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Err(e.into()),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-    }
-
     /// Writes the final checkpoints once delivery has settled everything.
     async fn save_checkpoints(&self) {
         if let Some(checkpoints) = &self.checkpoints {
@@ -303,11 +265,7 @@ impl StreamManager {
 
     /// A file stream over `paths` (`ingest`, or a source with `paths:`).
     fn stream(&self, id: &str, source: &SourceConfig, mode: Mode, paths: Vec<String>) -> Stream {
-        let mut files = FileTransport::new(paths);
-        // `ingest` reads every file it is given; rows already sent are found by dedupe.
-        if let Some(checkpoints) = self.checkpoints.as_ref().filter(|_| mode != Mode::Once) {
-            files.restore(checkpoints.file_cursor(&Arc::from(id)).files());
-        }
+        let files = FileTransport::new(paths);
         let mut stream = self.stream_over(id, source, mode, Transport::File(files));
         stream.files = self.checkpoints.as_ref().map(|c| c.file_cursor(&stream.id));
         stream
@@ -445,23 +403,9 @@ impl StreamManager {
         }
         let started = Instant::now();
         let router = Router::new(&self.config);
-        let infos = self
-            .config
-            .sources
-            .iter()
-            .map(|(id, source)| SourceInfo {
-                id: Arc::from(id.as_str()),
-                source_type: source.source_type,
-                topics: vec![router.topic(id, source.source_type).to_string()],
-            })
-            .collect();
-        if let Err(e) = self.recover(infos, &shutdown).await {
-            let _ = self.sink.close().await;
-            return Err(e);
-        }
         let checkpointer = self.checkpointer();
         let deadline = CancellationToken::new();
-        let delivery = self.start_delivery(router, deadline.clone());
+        let delivery = self.start_delivery(router.clone(), deadline.clone());
         let stop = CancellationToken::new();
         let mut streams = JoinSet::new();
         for (id, source) in &self.config.sources {
@@ -473,7 +417,27 @@ impl StreamManager {
                     return Err(e);
                 }
             };
-            streams.spawn(stream.run(stop.child_token()));
+            let Some(checkpoints) = self.checkpoints.clone() else {
+                streams.spawn(stream.run(stop.child_token()));
+                continue;
+            };
+            let info = SourceInfo {
+                id: stream.id.clone(),
+                source_type: source.source_type,
+                topics: vec![router.topic(id, source.source_type).to_string()],
+            };
+            let stop = stop.child_token();
+            let span = tracing::info_span!("stream", stream = %id);
+            streams.spawn(async move {
+                match recover_source(&checkpoints, info, &stop).instrument(span.clone()).await {
+                    Ok(Some(_)) => stream.run(stop).await,
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _entered = span.enter();
+                        tracing::error!(error = %e, "the source does not run: its checkpoint cannot be read");
+                    }
+                }
+            });
         }
         info!(
             streams = self.config.sources.len(),
@@ -578,9 +542,23 @@ impl StreamManager {
             source_type: source.source_type,
             topics: vec![router.topic(&id, source.source_type).to_string()],
         };
-        if let Err(e) = self.recover(vec![info], &shutdown).await {
-            let _ = self.sink.close().await;
-            return Err(e);
+        if let Some(checkpoints) = &self.checkpoints {
+            match recover_source(checkpoints, info, &shutdown).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let _ = self.sink.close().await;
+                    let mut report = Report::collect(&self.stats, self.sink_status(), started);
+                    report.not_read = paths
+                        .iter()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .collect();
+                    return Ok(report);
+                }
+                Err(e) => {
+                    let _ = self.sink.close().await;
+                    return Err(e.into());
+                }
+            }
         }
         let checkpointer = self.checkpointer();
         let deadline = CancellationToken::new();
@@ -616,6 +594,45 @@ impl StreamManager {
         let mut report = Report::collect(&self.stats, self.sink_status(), started);
         report.not_read = not_read;
         Ok(report)
+    }
+}
+
+/// Restores a source's dedupe window and file cursor (see [`crate::checkpoint`]) before it
+/// starts. While its store or topics cannot be read (a Kafka partition without a leader),
+/// it tries again until it can, or until `shutdown` (then `None`: the source must not
+/// start): starting without it could send records twice. Other sources do not wait for it.
+async fn recover_source(
+    checkpoints: &Arc<Checkpoints>,
+    source: SourceInfo,
+    shutdown: &CancellationToken,
+) -> Result<Option<Recovery>, CheckpointError> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match checkpoints.recover(vec![source.clone()]).await {
+            Ok(recovery) => {
+                info!(
+                    store = %checkpoints.describe(),
+                    checkpoint = recovery.checkpoints > 0,
+                    restored_ids = recovery.restored_ids,
+                    tail_records = recovery.tail_records,
+                    tail_ids = recovery.tail_ids,
+                    "recovered from the checkpoint and the topics' tails"
+                );
+                return Ok(Some(recovery));
+            }
+            Err(e @ CheckpointError::Corrupt { .. }) => return Err(e),
+            Err(e) => {
+                warn!(error = %e, retry_in_s = wait.as_secs(), "cannot recover yet; the source waits");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        warn!("stopped before recovery finished; the source did not run");
+                        return Ok(None);
+                    }
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub const CRITICAL_TOPIC: &str = "wildfire-critical-alerts";
 /// topic for such types (`http`), so only a config built in code can reach it.
 pub const UNROUTED_TOPIC: &str = "firestream-unrouted";
 
+#[derive(Clone)]
 pub struct Router {
     source_topics: HashMap<String, Arc<str>>,
     mappings: Vec<(glob::Pattern, Arc<str>)>,

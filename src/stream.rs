@@ -89,6 +89,10 @@ impl Stream {
             };
             return mqtt.run(intake, cancel).instrument(span).await;
         }
+        // Files an earlier run finished (restored from the checkpoint before the start).
+        if let (Transport::File(files), Some(cursor)) = (&mut self.transport, &self.files) {
+            files.restore(cursor.files());
+        }
         async move {
             let Some(mut ticker) = self.mode.ticker() else {
                 self.poll_once(&cancel).await;

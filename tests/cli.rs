@@ -241,7 +241,10 @@ fn ingest_json_summary_and_dlq_for_a_bad_row() {
         (s["duplicates"].as_u64(), s["invalid"].as_u64()),
         (Some(79), Some(1))
     );
-    assert!(summary["topics"]["wildfire-nasa-firms"].is_null(), "{summary}");
+    assert!(
+        summary["topics"]["wildfire-nasa-firms"].is_null(),
+        "{summary}"
+    );
     assert_eq!(summary["dead_letters"]["validate"], 1);
 }
 

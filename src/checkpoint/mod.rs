@@ -300,7 +300,14 @@ impl Checkpoints {
                 .map_err(|e| CheckpointError::Kafka(format!("recovery task: {e}")))??;
         recovery.tail_records = tail_records;
         recovery.tail_ids = tail_ids;
-        *self.sources.lock().expect("sources lock") = sources;
+        // Only a recovered source gets checkpoints written: an empty one written before would
+        // replace what it had.
+        let mut known = self.sources.lock().expect("sources lock");
+        for source in sources {
+            if !known.iter().any(|k| k.id == source.id) {
+                known.push(source);
+            }
+        }
         Ok(recovery)
     }
 
@@ -418,7 +425,11 @@ impl Checkpoints {
                 _ = stop.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            match self.save().await {
+            let saved = tokio::select! {
+                _ = stop.cancelled() => return,
+                saved = self.save() => saved,
+            };
+            match saved {
                 Ok(n) => {
                     if failing {
                         info!(store = %self.describe(), "checkpoints are written again");

@@ -157,6 +157,8 @@ impl KafkaStore {
             .set("message.max.bytes", MAX_CHECKPOINT_BYTES.to_string())
             .set("compression.type", "zstd")
             .set("linger.ms", "0")
+            // A checkpoint not stored within this is retried with newer content next time.
+            .set("message.timeout.ms", timeout.as_millis().to_string())
             .create()
             .map_err(|e| CheckpointError::Kafka(format!("checkpoint producer: {e}")))?;
         Ok(KafkaStore {
@@ -166,11 +168,29 @@ impl KafkaStore {
         })
     }
 
+    /// Creates the topic when the cluster does not have it.
     async fn ensure_topic(&self) -> Result<(), CheckpointError> {
         let admin: AdminClient<DefaultClientContext> = self
             .client
             .create()
             .map_err(|e| CheckpointError::Kafka(format!("admin client: {e}")))?;
+        let (client, timeout) = (self.client.clone(), self.timeout);
+        let exists = tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = client.create()?;
+            let metadata = consumer.fetch_metadata(Some(CHECKPOINT_TOPIC), timeout)?;
+            Ok::<_, KafkaError>(
+                metadata
+                    .topics()
+                    .iter()
+                    .any(|t| t.error().is_none() && !t.partitions().is_empty()),
+            )
+        })
+        .await
+        .map_err(|e| CheckpointError::Kafka(e.to_string()))?
+        .map_err(|e| CheckpointError::Kafka(format!("metadata of {CHECKPOINT_TOPIC}: {e}")))?;
+        if exists {
+            return Ok(());
+        }
         let max = MAX_CHECKPOINT_BYTES.to_string();
         let topic = NewTopic::new(CHECKPOINT_TOPIC, 1, TopicReplication::Fixed(-1))
             .set("cleanup.policy", "compact")
