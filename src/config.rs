@@ -48,6 +48,9 @@ pub struct Config {
     pub queue: QueueConfig,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// Lag-driven backpressure (off by default).
+    #[serde(default)]
+    pub throttle: crate::throttle::ThrottleConfig,
     #[serde(default)]
     pub dedupe: DedupeConfig,
     #[serde(default)]
@@ -892,6 +895,7 @@ impl Config {
         if self.dedupe.window.0.is_zero() {
             problems.push("dedupe.window: must be longer than 0s".to_owned());
         }
+        self.throttle.check(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

@@ -24,6 +24,7 @@ use crate::receipt::Receipt;
 use crate::router::Router;
 use crate::sinks::{Message, Origin, Outcome, SHUTDOWN_KIND, Sink};
 use crate::stats::Stats;
+use crate::throttle::Throttle;
 
 /// Records per sink batch: large enough to amortise fsync and produce calls, small enough
 /// that acknowledgements flow steadily.
@@ -40,6 +41,8 @@ pub struct Delivery {
     pub dlq_fallback: Option<Arc<dyn Sink>>,
     pub stats: Arc<Stats>,
     pub dedupe: Arc<DedupeRegistry>,
+    /// Lag-driven throttle: bulk records wait for their topic's tokens before submission.
+    pub throttle: Option<Arc<Throttle>>,
 }
 
 impl Delivery {
@@ -108,15 +111,26 @@ impl Delivery {
                     self.account(outcomes).await;
                 }
                 _ = deadline.cancelled(), if take => open = false,
-                batch = self.queue.pop(lanes, BATCH_SIZE), if take => match batch {
+                batch = self.queue.pop(lanes, self.batch_size(lanes)), if take => match batch {
                     Some(batch) => {
                         let messages = self.route(batch);
+                        if let Some(throttle) = self.throttle.as_ref().filter(|_| lanes == Lanes::Bulk) {
+                            throttle.admit(&messages, deadline).await;
+                        }
                         in_flight.push_back(self.sink.submit(messages).await);
                     }
                     None => open = false,
                 },
                 else => break,
             }
+        }
+    }
+
+    /// A throttled bulk consumer takes small batches, so it sends in steps at its rate.
+    fn batch_size(&self, lanes: Lanes) -> usize {
+        match &self.throttle {
+            Some(throttle) if lanes == Lanes::Bulk => throttle.batch_limit(BATCH_SIZE),
+            _ => BATCH_SIZE,
         }
     }
 
@@ -435,6 +449,7 @@ mod tests {
             dlq_fallback: None,
             stats: stats.clone(),
             dedupe: Arc::new(DedupeRegistry::new(Duration::from_secs(60))),
+            throttle: None,
         };
         let task = tokio::spawn(delivery.run(CancellationToken::new()));
         Harness {

@@ -22,4 +22,5 @@ pub mod sinks;
 pub mod sources;
 pub mod stats;
 pub mod stream;
+pub mod throttle;
 pub mod transport;

@@ -21,8 +21,10 @@ use crate::queue::Queue;
 use crate::router::Router;
 use crate::sinks::{self, Readiness, Sink, SinkError};
 use crate::sources::{self, SourceType};
-use crate::stats::{Stats, StreamSnapshot, TopicCounts};
+use crate::stats::{Stats, StreamSnapshot, ThrottleStatus, TopicCounts};
 use crate::stream::{HttpSource, Stream, Transport};
+use crate::throttle::Throttle;
+use crate::throttle::lag::{KafkaLagProbe, LagProbe, LogLagProbe};
 use crate::transport::file::FileTransport;
 use crate::transport::http::HttpTransport;
 use crate::transport::mqtt::MqttTransport;
@@ -43,6 +45,8 @@ pub enum ManagerError {
     Source(String),
     #[error("cannot start the HTTP client: {0}")]
     Http(#[from] crate::http::FetchError),
+    #[error("throttle: cannot create the Kafka lag probe: {0}")]
+    LagProbe(#[from] rdkafka::error::KafkaError),
     #[error("unknown source `{id}` in {file}; configured sources: {known}")]
     UnknownSource {
         id: String,
@@ -110,6 +114,8 @@ pub struct Report {
     pub upstream: BTreeMap<String, crate::stats::UpstreamStatus>,
     /// Requests, retries, waits and budget per upstream host.
     pub hosts: Vec<crate::http::HostSnapshot>,
+    /// Each throttled topic's level, rate and lag at the end (empty when the throttle is off).
+    pub throttle: BTreeMap<String, ThrottleStatus>,
     pub elapsed_s: f64,
 }
 
@@ -146,6 +152,7 @@ impl Report {
                 .filter(|(_, s)| s.circuit.is_some())
                 .collect(),
             hosts: Vec::new(),
+            throttle: stats.throttle(),
             elapsed_s: started.elapsed().as_secs_f64(),
         }
     }
@@ -171,6 +178,8 @@ struct DeliveryTask {
     /// Yields the failure, if delivery died.
     supervisor: tokio::task::JoinHandle<Option<String>>,
     failed: CancellationToken,
+    /// The lag probe's sampling task, stopped once delivery has ended.
+    probe: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 pub struct StreamManager {
@@ -184,6 +193,8 @@ pub struct StreamManager {
     stats: Arc<Stats>,
     /// One client per upstream host, shared by the sources on it.
     clients: Arc<ApiClients>,
+    /// `throttle.enabled`: the throttle delivery waits on and the probe that drives it.
+    throttle: Option<(Arc<Throttle>, Arc<dyn LagProbe>)>,
 }
 
 impl StreamManager {
@@ -205,7 +216,9 @@ impl StreamManager {
 
     /// A manager delivering into an already opened sink.
     pub fn with_sink(config: Config, sink: Arc<dyn Sink>) -> Result<Self, ManagerError> {
+        let stats = Arc::new(Stats::default());
         Ok(StreamManager {
+            throttle: throttle_for(&config, &stats)?,
             clients: Arc::new(ApiClients::new(&config.http)?),
             started_with: sink.readiness(),
             dlq_fallback: None,
@@ -214,7 +227,7 @@ impl StreamManager {
                 config.queue.critical_reserve,
             )),
             dedupe: Arc::new(DedupeRegistry::new(config.dedupe.window.0)),
-            stats: Arc::new(Stats::default()),
+            stats,
             sink,
             config,
         })
@@ -297,7 +310,16 @@ impl StreamManager {
             dlq_fallback: self.dlq_fallback.clone(),
             stats: self.stats.clone(),
             dedupe: self.dedupe.clone(),
+            throttle: self.throttle.as_ref().map(|(t, _)| t.clone()),
         };
+        let probe = self.throttle.as_ref().map(|(throttle, probe)| {
+            for (id, source) in &self.config.sources {
+                throttle.watch(&delivery.router.topic(id, source.source_type));
+            }
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(throttle.clone().run(probe.clone(), stop.clone()));
+            (stop, task)
+        });
         let failed = CancellationToken::new();
         let worker = tokio::spawn(delivery.run(deadline));
         let queue = self.queue.clone();
@@ -310,7 +332,11 @@ impl StreamManager {
             on_failure.cancel();
             Some(detail)
         });
-        DeliveryTask { supervisor, failed }
+        DeliveryTask {
+            supervisor,
+            failed,
+            probe,
+        }
     }
 
     /// Closes the queue, lets delivery drain it, closes the sink. The drain is cut short
@@ -337,6 +363,10 @@ impl StreamManager {
             .await
             .unwrap_or_else(|e| Some(e.to_string()));
         timer.abort();
+        if let Some((stop, task)) = delivery.probe {
+            stop.cancel();
+            let _ = task.await;
+        }
         if let Err(e) = self.sink.close().await {
             warn!(error = %e, "sink did not close cleanly");
         }
@@ -421,6 +451,17 @@ impl StreamManager {
                 "upstream host"
             );
         }
+        for (topic, t) in &report.throttle {
+            info!(
+                %topic,
+                level = t.level,
+                rate = t.rate,
+                lag = ?t.lag,
+                average_lag = t.average_lag,
+                last_error = t.last_error.as_deref().unwrap_or(""),
+                "throttle"
+            );
+        }
         info!(
             delivered = report.topics.values().map(|t| t.delivered).sum::<u64>(),
             dead_letters = report.dead_letters.values().sum::<u64>(),
@@ -463,6 +504,9 @@ impl StreamManager {
                 let id = format!("ingest_{t}");
                 let topic = router.topic(&id, t);
                 router.set_source_topic(&id, &topic);
+                if let Some((throttle, _)) = &self.throttle {
+                    throttle.watch(&topic);
+                }
                 (id, SourceConfig::defaults_for(t))
             }
             IngestTarget::Source(id) => {
@@ -498,6 +542,33 @@ impl StreamManager {
         report.not_read = not_read;
         Ok(report)
     }
+}
+
+/// The throttle and its lag probe when `throttle.enabled`: Kafka's consumer groups with the
+/// Kafka sink, the local log's with the log sink.
+fn throttle_for(
+    config: &Config,
+    stats: &Arc<Stats>,
+) -> Result<Option<(Arc<Throttle>, Arc<dyn LagProbe>)>, ManagerError> {
+    let settings = &config.throttle;
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let groups = &settings.consumer_groups;
+    let probe: Arc<dyn LagProbe> = match config.sink.kind {
+        SinkKind::Kafka => Arc::new(KafkaLagProbe::new(
+            config,
+            groups,
+            crate::throttle::probe_timeout(settings),
+        )?),
+        SinkKind::Log => Arc::new(LogLagProbe::new(
+            config.sink.log.dir.clone(),
+            groups.clone(),
+        )),
+    };
+    info!(groups = ?groups, sink = %config.sink.kind, "lag-driven throttle on");
+    let throttle = Throttle::new(settings.clone(), &[], stats.clone());
+    Ok(Some((Arc::new(throttle), probe)))
 }
 
 /// Counts DLQ records by stage name, with every stage present (zeros included).
