@@ -194,8 +194,11 @@ pub struct StreamManager {
     /// One client per upstream host, shared by the sources on it.
     clients: Arc<ApiClients>,
     /// `throttle.enabled`: the throttle delivery waits on and the probe that drives it.
-    throttle: Option<(Arc<Throttle>, Arc<dyn LagProbe>)>,
+    throttle: Option<ThrottleParts>,
 }
+
+/// The throttle delivery waits on, and the probe whose samples drive it.
+type ThrottleParts = (Arc<Throttle>, Arc<dyn LagProbe>);
 
 impl StreamManager {
     /// Opens the configured sink; fails fast when it is unusable (an unreachable Kafka
@@ -549,7 +552,7 @@ impl StreamManager {
 fn throttle_for(
     config: &Config,
     stats: &Arc<Stats>,
-) -> Result<Option<(Arc<Throttle>, Arc<dyn LagProbe>)>, ManagerError> {
+) -> Result<Option<ThrottleParts>, ManagerError> {
     let settings = &config.throttle;
     if !settings.enabled {
         return Ok(None);

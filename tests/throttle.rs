@@ -276,3 +276,140 @@ async fn lag_above_critical_slows_bulk_delivery_while_a_critical_alert_goes_thro
     assert_eq!(in_topic.len() as u64, SEEDED as u64 + M6_RECORDS);
     assert_eq!(report.throttle[FIRMS].level, 0);
 }
+
+/// The same throttle on the local log: `firestream tail --group` commits the group's
+/// offsets, the probe reads them next to the segments, and an ingest slows while the group
+/// is behind.
+mod local_log {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+    use std::process::{Command, Output};
+    use std::time::{Duration, Instant};
+
+    use firestream::sinks::log::groups;
+    use firestream::throttle::lag::LogLagProbe;
+    use serde_json::Value;
+
+    use super::{FIRMS, GROUP, M6, M6_RECORDS, real};
+
+    const USA: &str = "firms/MODIS_C6_1_USA_contiguous_and_Hawaii_24h__2025-03-25.csv";
+
+    fn firestream(cwd: &Path, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_firestream"))
+            .current_dir(cwd)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "firestream {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ingest(dir: &Path, file: &str) -> (Value, Duration) {
+        let started = Instant::now();
+        let out = firestream(
+            dir,
+            &[
+                "ingest",
+                "-c",
+                "config.yaml",
+                "--source-type",
+                "nasa_firms",
+                "--json",
+                real(file).to_str().unwrap(),
+            ],
+        );
+        (
+            serde_json::from_slice(&out.stdout).unwrap(),
+            started.elapsed(),
+        )
+    }
+
+    /// (partition, offset) of each line `tail --group` printed.
+    fn tail_group(dir: &Path, n: Option<usize>) -> Vec<(u64, u64)> {
+        let n = n.map(|n| n.to_string());
+        let mut args = vec!["tail", "-c", "config.yaml", FIRMS, "--group", GROUP];
+        if let Some(n) = &n {
+            args.extend(["-n", n]);
+        }
+        let out = firestream(dir, &args);
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (
+                    v["partition"].as_u64().unwrap(),
+                    v["offset"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_behind_on_the_local_log_slows_ingest_and_tail_group_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Level 1 divides the rate by 5: 1000/s → 200/s.
+        std::fs::write(
+            d.join("config.yaml"),
+            format!(
+                "sink: {{type: log, log: {{dir: log}}}}\nthrottle: {{enabled: true, consumer_groups: [{GROUP}], target_lag: 300, critical_lag: 1000, max_rate: 1000, min_rate: 200, factor: 5, max_level: 1, interval: 100ms, window: 100ms, recovery_samples: 2}}\n"
+            ),
+        )
+        .unwrap();
+        let log = d.join("log");
+
+        // No group file: the group does not read the topic, so nothing is throttled.
+        let (report, _) = ingest(d, M6);
+        assert_eq!(report["topics"][FIRMS]["delivered"], M6_RECORDS);
+        let t = &report["throttle"][FIRMS];
+        assert_eq!(
+            (t["level"].as_u64(), t["rate"].as_f64()),
+            (Some(0), Some(1000.0))
+        );
+        assert_eq!(t["groups"][GROUP], Value::Null);
+
+        // The group reads 100, then 50 more: each run starts where the last committed.
+        let first = tail_group(d, Some(100));
+        let second = tail_group(d, Some(50));
+        assert_eq!((first.len(), second.len()), (100, 50));
+        let committed = groups::read_group(&log, FIRMS, GROUP).unwrap().unwrap();
+        assert_eq!(committed.values().sum::<u64>(), 150);
+        let probe = LogLagProbe::new(log.clone(), vec![GROUP.to_owned()]);
+        assert_eq!(probe.lag_now(FIRMS).unwrap().lag, M6_RECORDS - 150);
+
+        // Lag ≥ critical_lag: the next ingest runs at level 1, 200/s, from the first sample.
+        let (report, elapsed) = ingest(d, USA);
+        let offered = report["streams"]["ingest_nasa_firms"]["enqueued"]
+            .as_u64()
+            .unwrap();
+        assert!(offered > 1_000, "{offered}");
+        assert_eq!(report["topics"][FIRMS]["delivered"], offered);
+        let t = &report["throttle"][FIRMS];
+        assert_eq!(
+            (t["level"].as_u64(), t["rate"].as_f64()),
+            (Some(1), Some(200.0))
+        );
+        assert!(t["lag"].as_u64().unwrap() >= M6_RECORDS - 150, "{t}");
+        // At most 100 saved tokens and 1000/s until the first sample, then 200/s: over
+        // 1 000 records cannot take under 3 s. (Unthrottled, the first ingest of 5 824
+        // took a fraction of that.)
+        assert!(elapsed >= Duration::from_secs(3), "{elapsed:?}");
+
+        // The group reads everything that is left: lag 0, and it printed each record once.
+        let rest = tail_group(d, None);
+        let all: BTreeSet<(u64, u64)> = first.iter().chain(&second).chain(&rest).copied().collect();
+        assert_eq!(
+            all.len(),
+            first.len() + second.len() + rest.len(),
+            "no record twice"
+        );
+        assert_eq!(all.len() as u64, M6_RECORDS + offered);
+        assert_eq!(probe.lag_now(FIRMS).unwrap().lag, 0);
+        assert!(tail_group(d, None).is_empty());
+    }
+}

@@ -73,7 +73,7 @@ pub enum LagError {
     Kafka {
         topic: String,
         what: String,
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     #[error("topic {topic}: Kafka does not know it ({detail})")]
     UnknownTopic { topic: String, detail: String },
@@ -216,7 +216,7 @@ impl KafkaLagProbe {
             move |source| LagError::Kafka {
                 topic: topic.to_owned(),
                 what,
-                source,
+                source: Box::new(source),
             }
         };
         let metadata = first
