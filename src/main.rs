@@ -79,7 +79,7 @@ enum Command {
         /// Start at the oldest record instead of showing the newest.
         #[arg(long)]
         from_beginning: bool,
-        /// How many records (default 10; all with --from-beginning).
+        /// How many records (default 10; all with --from-beginning or --group).
         #[arg(short = 'n', long = "lines", value_name = "N")]
         lines: Option<usize>,
         /// Keep printing records as they arrive.
@@ -549,13 +549,14 @@ fn tail(dir: &Path, topic: &str, options: &TailOptions) -> anyhow::Result<()> {
 /// `tail --group G`: prints from the group's committed offsets and commits after each
 /// printed stretch, so the group's offsets never pass a record it did not print.
 fn tail_group(dir: &Path, topic: &str, group: &str, options: &TailOptions) -> anyhow::Result<()> {
-    let committed = if options.from_beginning {
-        None
+    // --from-beginning resets the group to the log start.
+    let mut positions = if options.from_beginning {
+        groups::Offsets::new()
     } else {
         groups::read_group(dir, topic, group)
             .with_context(|| format!("cannot read the offsets of group {group}"))?
+            .unwrap_or_default()
     };
-    let mut positions = committed.clone().unwrap_or_default();
     let mut reader = TopicReader::open_from(dir, topic, &positions)
         .with_context(|| format!("cannot read topic {topic} in {}", dir.display()))?;
     let limit = options.lines.unwrap_or(usize::MAX);

@@ -113,6 +113,80 @@ async fn measure(stats: &Stats, span: Duration) -> (u64, f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_lag_is_summed_over_partitions_and_maxed_over_groups() {
+    use firestream::throttle::lag::{KafkaLagProbe, LagProbe};
+    let mock: Mock = MockCluster::new(3).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    mock.create_topic(FIRMS, PARTITIONS, 1).unwrap();
+    let b = bootstrap.clone();
+    let ends = tokio::task::spawn_blocking(move || {
+        seed(&b);
+        let consumer = group_consumer(&b);
+        let ends: Vec<i64> = (0..PARTITIONS)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(FIRMS, p, Duration::from_secs(5))
+                    .unwrap()
+                    .1
+            })
+            .collect();
+        // fire-analytics: 10 behind on partition 0, caught up elsewhere.
+        commit(&consumer, |p| {
+            if p == 0 {
+                ends[0] - 10
+            } else {
+                ends[p as usize]
+            }
+        });
+        ends
+    })
+    .await
+    .unwrap();
+    assert_eq!(ends.iter().sum::<i64>(), SEEDED);
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::kafka_config(
+        dir.path(),
+        &bootstrap,
+        "{linger.ms: 5}",
+        "throttle: {enabled: true, consumer_groups: [fire-analytics, new-reader]}\n",
+    );
+    let groups = config.throttle.consumer_groups.clone();
+    let probe = KafkaLagProbe::new(&config, &groups, Duration::from_secs(5)).unwrap();
+    let lag = probe.lag(FIRMS).await.unwrap();
+    assert_eq!(lag.groups[GROUP], Some(10));
+    // A group that never committed on the topic does not read it.
+    assert_eq!(lag.groups["new-reader"], None);
+    assert_eq!(lag.lag, 10);
+    // Once new-reader commits partition 1 only, the other partitions count from the start.
+    let b = bootstrap.clone();
+    let end1 = ends[1];
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &b)
+            .set("group.id", "new-reader")
+            .create()
+            .unwrap();
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(FIRMS, 1, Offset::Offset(end1))
+            .unwrap();
+        consumer.commit(&list, CommitMode::Sync).unwrap();
+    })
+    .await
+    .unwrap();
+    let lag = probe.lag(FIRMS).await.unwrap();
+    assert_eq!(lag.groups["new-reader"], Some((SEEDED - ends[1]) as u64));
+    assert_eq!(lag.lag, (SEEDED - ends[1]) as u64);
+    // The probe never moved the group's offsets.
+    assert_eq!(probe.lag(FIRMS).await.unwrap().groups[GROUP], Some(10));
+    // A topic the cluster does not have is an error that names it (the level stays).
+    let err = probe.lag("no-such-topic").await.unwrap_err().to_string();
+    assert!(
+        err.starts_with("topic no-such-topic: Kafka does not know it"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_above_critical_slows_bulk_delivery_while_a_critical_alert_goes_through() {
     let mock: Mock = MockCluster::new(3).unwrap();
     let bootstrap = mock.bootstrap_servers();

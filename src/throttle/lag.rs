@@ -166,6 +166,33 @@ impl LagProbe for LogLagProbe {
     }
 }
 
+/// `sink.kafka.properties` meant for the producer: not handed to the probe's consumers,
+/// which would log a warning for each (security and connection settings do apply).
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "request.required.acks",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.backpressure.threshold",
+    "compression.type",
+    "compression.codec",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "request.timeout.ms",
+    "retries",
+    "message.send.max.retries",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "partitioner",
+    "sticky.partitioning.linger.ms",
+    "transaction.timeout.ms",
+];
+
 /// Kafka's consumer groups, through librdkafka: one consumer per group (never subscribed,
 /// never committing) asks for the group's committed offsets; watermarks give the log ends.
 pub struct KafkaLagProbe {
@@ -186,10 +213,15 @@ impl KafkaLagProbe {
         for group in groups {
             let mut client = ClientConfig::new();
             for (name, value) in &kafka.properties.0 {
-                client.set(name, value);
+                let setting = name.strip_prefix("topic.").unwrap_or(name);
+                if !PRODUCER_ONLY.contains(&setting) {
+                    client.set(name, value);
+                }
             }
             client
                 .set("bootstrap.servers", &kafka.bootstrap_servers)
+                // Asking about a topic must never create it.
+                .set("allow.auto.create.topics", "false")
                 .set("group.id", group)
                 .set("client.id", "firestream-lag-probe")
                 // It only looks: it must never move the group's offsets.
