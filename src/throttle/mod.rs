@@ -143,12 +143,15 @@ impl Throttle {
             Ok(lag) => lag,
             Err(e) => {
                 let message = e.to_string();
-                let status = self.stats.throttle().remove(&**topic).unwrap_or_default();
-                if status.last_error.as_deref() != Some(message.as_str()) {
+                let mut new = false;
+                self.stats.update_throttle(topic, |s| {
+                    new = s.last_error.as_deref() != Some(message.as_str());
+                    s.last_error = Some(message.clone());
+                });
+                // Once per distinct failure, not every interval.
+                if new {
                     warn!(%topic, error = %message, "lag sample failed; the throttle level stays as it is");
                 }
-                self.stats
-                    .update_throttle(topic, |s| s.last_error = Some(message));
                 return;
             }
         };
