@@ -277,6 +277,9 @@ impl KafkaLagProbe {
         }
         let mut per_group = BTreeMap::new();
         for (group, consumer) in consumers {
+            // Serves the client's queued events (errors, logs) so they do not pile up; with
+            // nothing assigned it returns no message.
+            let _ = consumer.poll(Duration::ZERO);
             let committed = consumer
                 .committed_offsets(list.clone(), timeout)
                 .map_err(kafka(&format!("the committed offsets of group {group}")))?;
