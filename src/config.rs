@@ -48,6 +48,9 @@ pub struct Config {
     pub queue: QueueConfig,
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// Lag-driven backpressure (off by default).
+    #[serde(default)]
+    pub throttle: crate::throttle::ThrottleConfig,
     #[serde(default)]
     pub dedupe: DedupeConfig,
     #[serde(default)]
@@ -966,6 +969,7 @@ impl Config {
                 checkpoint_dir.display()
             ));
         }
+        self.throttle.check(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

@@ -25,6 +25,7 @@ use crate::receipt::Receipt;
 use crate::router::Router;
 use crate::sinks::{Message, Origin, Outcome, SHUTDOWN_KIND, Sink};
 use crate::stats::Stats;
+use crate::throttle::Throttle;
 
 /// Records per sink batch: large enough to amortise fsync and produce calls, small enough
 /// that acknowledgements flow steadily.
@@ -43,6 +44,8 @@ pub struct Delivery {
     pub dedupe: Arc<DedupeRegistry>,
     /// Where acknowledged records are, for checkpoints.
     pub ledger: Arc<OffsetLedger>,
+    /// Lag-driven throttle: bulk records wait for their topic's tokens before submission.
+    pub throttle: Option<Arc<Throttle>>,
 }
 
 impl Delivery {
@@ -112,9 +115,12 @@ impl Delivery {
                     self.ledger.settled(ticket);
                 }
                 _ = deadline.cancelled(), if take => open = false,
-                batch = self.queue.pop(lanes, BATCH_SIZE), if take => match batch {
+                batch = self.queue.pop(lanes, self.batch_size(lanes)), if take => match batch {
                     Some(batch) => {
                         let messages = self.route(batch);
+                        if let Some(throttle) = self.throttle.as_ref().filter(|_| lanes == Lanes::Bulk) {
+                            throttle.admit(&messages, deadline).await;
+                        }
                         let ticket: Ticket = self.ledger.submitted();
                         let pending = self.sink.submit(messages).await;
                         in_flight.push_back(async move { (ticket, pending.await) });
@@ -123,6 +129,14 @@ impl Delivery {
                 },
                 else => break,
             }
+        }
+    }
+
+    /// A throttled bulk consumer takes small batches, so it sends in steps at its rate.
+    fn batch_size(&self, lanes: Lanes) -> usize {
+        match &self.throttle {
+            Some(throttle) if lanes == Lanes::Bulk => throttle.batch_limit(BATCH_SIZE),
+            _ => BATCH_SIZE,
         }
     }
 
@@ -458,6 +472,7 @@ mod tests {
             stats: stats.clone(),
             dedupe: Arc::new(DedupeRegistry::new(Duration::from_secs(60))),
             ledger: Arc::default(),
+            throttle: None,
         };
         let task = tokio::spawn(delivery.run(CancellationToken::new()));
         Harness {

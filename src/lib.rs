@@ -23,4 +23,5 @@ pub mod sinks;
 pub mod sources;
 pub mod stats;
 pub mod stream;
+pub mod throttle;
 pub mod transport;

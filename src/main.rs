@@ -15,6 +15,7 @@ use firestream::config::{Config, ConfigError, LogFormat, SinkKind};
 use firestream::manager::{
     IngestTarget, ManagerError, Report, StreamManager, dead_letters_by_stage,
 };
+use firestream::sinks::log::groups;
 use firestream::sinks::log::reader::{self, TopicReader};
 use firestream::sources::SourceType;
 use tokio_util::sync::CancellationToken;
@@ -78,12 +79,17 @@ enum Command {
         /// Start at the oldest record instead of showing the newest.
         #[arg(long)]
         from_beginning: bool,
-        /// How many records (default 10; all with --from-beginning).
+        /// How many records (default 10; all with --from-beginning or --group).
         #[arg(short = 'n', long = "lines", value_name = "N")]
         lines: Option<usize>,
         /// Keep printing records as they arrive.
         #[arg(short, long)]
         follow: bool,
+        /// Read as this consumer group: start after its committed offsets (the beginning
+        /// when it has none; --from-beginning resets it), print every record or the next N,
+        /// then commit the offsets after what was printed. The lag throttle reads them.
+        #[arg(short, long, value_name = "G")]
+        group: Option<String>,
     },
     /// Check a config file without running it.
     Validate {
@@ -208,9 +214,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             from_beginning,
             lines,
             follow,
+            group,
         } => {
             let config = load(&config.config)?;
-            tail(&config.sink.log.dir, &topic, from_beginning, lines, follow)?;
+            let options = TailOptions {
+                from_beginning,
+                lines,
+                follow,
+                group,
+            };
+            tail(&config.sink.log.dir, &topic, &options)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -375,6 +388,24 @@ fn print_summary(label: &str, files: usize, report: &Report) {
         };
         let _ = writeln!(out, "    {topic:<28} {:>10}{failed}", counts.delivered);
     }
+    if !report.throttle.is_empty() {
+        let _ = writeln!(out, "  throttle (lag-driven) per topic:");
+    }
+    for (topic, t) in &report.throttle {
+        let lag = t
+            .lag
+            .map_or_else(|| "not sampled".to_owned(), |l| l.to_string());
+        let error = t
+            .last_error
+            .as_ref()
+            .map(|e| format!("  (last sample failed: {e})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    {topic:<28} level {}  rate {:.1}/s  lag {lag} (avg {}){error}",
+            t.level, t.rate, t.average_lag
+        );
+    }
     let dlq: Vec<String> = dead_letters_by_stage(report)
         .into_iter()
         .filter(|(_, n)| *n > 0)
@@ -407,13 +438,27 @@ fn print_summary(label: &str, files: usize, report: &Report) {
     }
 }
 
-fn tail(
-    dir: &Path,
-    topic: &str,
+struct TailOptions {
     from_beginning: bool,
     lines: Option<usize>,
     follow: bool,
-) -> anyhow::Result<()> {
+    group: Option<String>,
+}
+
+fn tail(dir: &Path, topic: &str, options: &TailOptions) -> anyhow::Result<()> {
+    let &TailOptions {
+        from_beginning,
+        lines,
+        follow,
+        ..
+    } = options;
+    if let Some(group) = &options.group
+        && !firestream::throttle::is_valid_group(group)
+    {
+        bail!(UsageError(format!(
+            "--group {group:?} is not a group name (1-249 characters of letters, digits, `.`, `_`, `-`)"
+        )));
+    }
     if !firestream::config::is_valid_topic_name(topic) {
         bail!(UsageError(format!(
             "{topic:?} is not a topic name (1-249 characters of letters, digits, `.`, `_`, `-`)"
@@ -443,6 +488,9 @@ fn tail(
             "topic {topic} not found in {}; topics present: {present}",
             dir.display()
         )));
+    }
+    if let Some(group) = &options.group {
+        return tail_group(dir, topic, group, options);
     }
     let mut topic_reader = TopicReader::open(dir, topic)
         .with_context(|| format!("cannot read topic {topic} in {}", dir.display()))?;
@@ -495,6 +543,57 @@ fn tail(
                 return Ok(());
             }
         }
+    }
+}
+
+/// `tail --group G`: prints from the group's committed offsets and commits after each
+/// printed stretch, so the group's offsets never pass a record it did not print.
+fn tail_group(dir: &Path, topic: &str, group: &str, options: &TailOptions) -> anyhow::Result<()> {
+    // --from-beginning resets the group to the log start.
+    let mut positions = if options.from_beginning {
+        groups::Offsets::new()
+    } else {
+        groups::read_group(dir, topic, group)
+            .with_context(|| format!("cannot read the offsets of group {group}"))?
+            .unwrap_or_default()
+    };
+    let mut reader = TopicReader::open_from(dir, topic, &positions)
+        .with_context(|| format!("cannot read topic {topic} in {}", dir.display()))?;
+    let limit = options.lines.unwrap_or(usize::MAX);
+    let mut printed = 0;
+    let mut dirty = options.from_beginning;
+    let commit = |positions: &groups::Offsets| {
+        groups::commit_group(dir, topic, group, positions)
+            .with_context(|| format!("cannot commit the offsets of group {group}"))
+    };
+    let mut out = std::io::stdout().lock();
+    loop {
+        while printed < limit {
+            let Some(entry) = reader.next_entry()? else {
+                break;
+            };
+            match writeln!(out, "{}", entry.to_output(topic)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    return if dirty { commit(&positions) } else { Ok(()) };
+                }
+                Err(e) => return Err(e.into()),
+            }
+            positions.insert(entry.partition, entry.offset + 1);
+            printed += 1;
+            dirty = true;
+        }
+        if dirty {
+            // Printed lines reach the reader before the offsets move past them.
+            out.flush()?;
+            commit(&positions)?;
+            dirty = false;
+        }
+        if !options.follow || printed >= limit {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        reader.poll()?;
     }
 }
 

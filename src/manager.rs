@@ -22,8 +22,10 @@ use crate::queue::Queue;
 use crate::router::Router;
 use crate::sinks::{self, Readiness, Sink, SinkError};
 use crate::sources::{self, SourceType};
-use crate::stats::{Stats, StreamSnapshot, TopicCounts};
+use crate::stats::{Stats, StreamSnapshot, ThrottleStatus, TopicCounts};
 use crate::stream::{HttpSource, Stream, Transport};
+use crate::throttle::Throttle;
+use crate::throttle::lag::{KafkaLagProbe, LagProbe, LogLagProbe};
 use crate::transport::file::FileTransport;
 use crate::transport::http::HttpTransport;
 use crate::transport::mqtt::MqttTransport;
@@ -46,6 +48,8 @@ pub enum ManagerError {
     Http(#[from] crate::http::FetchError),
     #[error("{0}")]
     Checkpoint(#[from] CheckpointError),
+    #[error("throttle: cannot create the Kafka lag probe: {0}")]
+    LagProbe(#[from] rdkafka::error::KafkaError),
     #[error("unknown source `{id}` in {file}; configured sources: {known}")]
     UnknownSource {
         id: String,
@@ -113,6 +117,8 @@ pub struct Report {
     pub upstream: BTreeMap<String, crate::stats::UpstreamStatus>,
     /// Requests, retries, waits and budget per upstream host.
     pub hosts: Vec<crate::http::HostSnapshot>,
+    /// Each throttled topic's level, rate and lag at the end (empty when the throttle is off).
+    pub throttle: BTreeMap<String, ThrottleStatus>,
     pub elapsed_s: f64,
 }
 
@@ -149,6 +155,7 @@ impl Report {
                 .filter(|(_, s)| s.circuit.is_some())
                 .collect(),
             hosts: Vec::new(),
+            throttle: stats.throttle(),
             elapsed_s: started.elapsed().as_secs_f64(),
         }
     }
@@ -174,6 +181,8 @@ struct DeliveryTask {
     /// Yields the failure, if delivery died.
     supervisor: tokio::task::JoinHandle<Option<String>>,
     failed: CancellationToken,
+    /// The lag probe's sampling task, stopped once delivery has ended.
+    probe: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 pub struct StreamManager {
@@ -190,7 +199,12 @@ pub struct StreamManager {
     ledger: Arc<OffsetLedger>,
     /// Without them (a sink handed in by a test), nothing survives a restart.
     checkpoints: Option<Arc<Checkpoints>>,
+    /// `throttle.enabled`: the throttle delivery waits on and the probe that drives it.
+    throttle: Option<ThrottleParts>,
 }
+
+/// The throttle delivery waits on, and the probe whose samples drive it.
+type ThrottleParts = (Arc<Throttle>, Arc<dyn LagProbe>);
 
 impl StreamManager {
     /// Opens the configured sink; fails fast when it is unusable (an unreachable Kafka
@@ -216,7 +230,9 @@ impl StreamManager {
 
     /// A manager delivering into an already opened sink.
     pub fn with_sink(config: Config, sink: Arc<dyn Sink>) -> Result<Self, ManagerError> {
+        let stats = Arc::new(Stats::default());
         Ok(StreamManager {
+            throttle: throttle_for(&config, &stats)?,
             clients: Arc::new(ApiClients::new(&config.http)?),
             started_with: sink.readiness(),
             dlq_fallback: None,
@@ -225,7 +241,7 @@ impl StreamManager {
                 config.queue.critical_reserve,
             )),
             dedupe: Arc::new(DedupeRegistry::new(config.dedupe.window.0)),
-            stats: Arc::new(Stats::default()),
+            stats,
             ledger: Arc::default(),
             checkpoints: None,
             sink,
@@ -336,7 +352,16 @@ impl StreamManager {
             stats: self.stats.clone(),
             dedupe: self.dedupe.clone(),
             ledger: self.ledger.clone(),
+            throttle: self.throttle.as_ref().map(|(t, _)| t.clone()),
         };
+        let probe = self.throttle.as_ref().map(|(throttle, probe)| {
+            for (id, source) in &self.config.sources {
+                throttle.watch(&delivery.router.topic(id, source.source_type));
+            }
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(throttle.clone().run(probe.clone(), stop.clone()));
+            (stop, task)
+        });
         let failed = CancellationToken::new();
         let worker = tokio::spawn(delivery.run(deadline));
         let queue = self.queue.clone();
@@ -349,7 +374,11 @@ impl StreamManager {
             on_failure.cancel();
             Some(detail)
         });
-        DeliveryTask { supervisor, failed }
+        DeliveryTask {
+            supervisor,
+            failed,
+            probe,
+        }
     }
 
     /// Closes the queue, lets delivery drain it, closes the sink. The drain is cut short
@@ -376,6 +405,10 @@ impl StreamManager {
             .await
             .unwrap_or_else(|e| Some(e.to_string()));
         timer.abort();
+        if let Some((stop, task)) = delivery.probe {
+            stop.cancel();
+            let _ = task.await;
+        }
         if let Err(e) = self.sink.close().await {
             warn!(error = %e, "sink did not close cleanly");
         }
@@ -488,6 +521,17 @@ impl StreamManager {
                 "upstream host"
             );
         }
+        for (topic, t) in &report.throttle {
+            info!(
+                %topic,
+                level = t.level,
+                rate = t.rate,
+                lag = ?t.lag,
+                average_lag = t.average_lag,
+                last_error = t.last_error.as_deref().unwrap_or(""),
+                "throttle"
+            );
+        }
         info!(
             delivered = report.topics.values().map(|t| t.delivered).sum::<u64>(),
             dead_letters = report.dead_letters.values().sum::<u64>(),
@@ -530,6 +574,9 @@ impl StreamManager {
                 let id = format!("ingest_{t}");
                 let topic = router.topic(&id, t);
                 router.set_source_topic(&id, &topic);
+                if let Some((throttle, _)) = &self.throttle {
+                    throttle.watch(&topic);
+                }
                 (id, SourceConfig::defaults_for(t))
             }
             IngestTarget::Source(id) => {
@@ -634,6 +681,33 @@ async fn recover_source(
             }
         }
     }
+}
+
+/// The throttle and its lag probe when `throttle.enabled`: Kafka's consumer groups with the
+/// Kafka sink, the local log's with the log sink.
+fn throttle_for(
+    config: &Config,
+    stats: &Arc<Stats>,
+) -> Result<Option<ThrottleParts>, ManagerError> {
+    let settings = &config.throttle;
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let groups = &settings.consumer_groups;
+    let probe: Arc<dyn LagProbe> = match config.sink.kind {
+        SinkKind::Kafka => Arc::new(KafkaLagProbe::new(
+            config,
+            groups,
+            crate::throttle::probe_timeout(settings),
+        )?),
+        SinkKind::Log => Arc::new(LogLagProbe::new(
+            config.sink.log.dir.clone(),
+            groups.clone(),
+        )),
+    };
+    info!(groups = ?groups, sink = %config.sink.kind, "lag-driven throttle on");
+    let throttle = Throttle::new(settings.clone(), &[], stats.clone());
+    Ok(Some((Arc::new(throttle), probe)))
 }
 
 /// Counts DLQ records by stage name, with every stage present (zeros included).

@@ -105,6 +105,24 @@ pub struct Stats {
     pub dlq_write_failures: AtomicU64,
     /// Dead letters the sink refused that went to the local log's DLQ instead.
     pub dlq_fallback: AtomicU64,
+    throttle: Mutex<BTreeMap<String, ThrottleStatus>>,
+}
+
+/// One topic's lag-driven throttle (DESIGN §5 LagProbe + Throttle), as last evaluated.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ThrottleStatus {
+    /// 0 (full rate) to `throttle.max_level`.
+    pub level: u32,
+    /// Records per second bulk delivery to the topic may send.
+    pub rate: f64,
+    /// The last sample: max over the consumer groups; `None` before the first.
+    pub lag: Option<u64>,
+    /// The average over `throttle.window` that sets the level.
+    pub average_lag: u64,
+    /// Each group's lag in the last sample; `None`: the group has no committed offset here.
+    pub groups: BTreeMap<String, Option<u64>>,
+    /// Why the last sample failed (the level was left as it was).
+    pub last_error: Option<String>,
 }
 
 impl Stats {
@@ -165,6 +183,27 @@ impl Stats {
             .expect("stats lock")
             .entry(stage)
             .or_default() += 1;
+    }
+
+    pub fn set_throttle(&self, topic: &str, status: ThrottleStatus) {
+        self.throttle
+            .lock()
+            .expect("stats lock")
+            .insert(topic.to_owned(), status);
+    }
+
+    pub fn update_throttle(&self, topic: &str, f: impl FnOnce(&mut ThrottleStatus)) {
+        f(self
+            .throttle
+            .lock()
+            .expect("stats lock")
+            .entry(topic.to_owned())
+            .or_default());
+    }
+
+    /// Each throttled topic's level, rate and lag (empty when the throttle is off).
+    pub fn throttle(&self) -> BTreeMap<String, ThrottleStatus> {
+        self.throttle.lock().expect("stats lock").clone()
     }
 
     pub fn dead_letters(&self) -> BTreeMap<Stage, u64> {

@@ -6,6 +6,7 @@
 //! process owns a log directory at a time (an exclusive lock on `<dir>/.lock`); readers such
 //! as `firestream tail` need no lock.
 
+pub mod groups;
 pub mod reader;
 mod segment;
 

@@ -67,6 +67,8 @@ pub struct PartitionReader {
     position: u64,
     reader: Option<BufReader<File>>,
     buf: String,
+    /// Entries below this offset are skipped (a consumer group's starting point).
+    skip_below: u64,
 }
 
 impl PartitionReader {
@@ -78,6 +80,7 @@ impl PartitionReader {
             position: 0,
             reader: None,
             buf: String::new(),
+            skip_below: 0,
         }
     }
 
@@ -95,6 +98,19 @@ impl PartitionReader {
         Ok(())
     }
 
+    /// A reader whose first entry is the one at `offset` (or the first stored after it):
+    /// it starts in the segment holding `offset` and skips the lines before it.
+    pub fn starting_at(topic_dir: &Path, partition: u32, offset: u64) -> io::Result<Self> {
+        let mut reader = PartitionReader::new(topic_dir, partition);
+        reader.skip_below = offset;
+        reader.segment = match list_segments(&reader.dir) {
+            Ok(segments) => segments.into_iter().rev().find(|&b| b <= offset),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(reader)
+    }
+
     /// The next complete line, or `None` when there is nothing more for now.
     pub fn next_entry(&mut self) -> io::Result<Option<Entry>> {
         loop {
@@ -107,7 +123,11 @@ impl PartitionReader {
             if n > 0 && self.buf.ends_with('\n') {
                 self.position += n as u64;
                 let line = self.buf.trim_end_matches('\n');
-                return parse_entry(self.partition, line).map(Some);
+                let entry = parse_entry(self.partition, line)?;
+                if entry.offset < self.skip_below {
+                    continue;
+                }
+                return Ok(Some(entry));
             }
             // End of this segment, or a line still being written: continue from its start.
             reader.seek(SeekFrom::Start(self.position))?;
@@ -174,12 +194,24 @@ pub struct TopicReader {
 
 impl TopicReader {
     pub fn open(dir: &Path, topic: &str) -> io::Result<Self> {
+        Self::open_from(dir, topic, &BTreeMap::new())
+    }
+
+    /// Reads each partition from its offset in `start` (a consumer group's committed
+    /// offsets); partitions not in it from their beginning.
+    pub fn open_from(dir: &Path, topic: &str, start: &BTreeMap<u32, u64>) -> io::Result<Self> {
         let mut reader = TopicReader {
             topic_dir: dir.join(topic),
             readers: BTreeMap::new(),
             heads: BinaryHeap::new(),
             pending: BTreeMap::new(),
         };
+        for (&p, &offset) in start {
+            reader.readers.insert(
+                p,
+                PartitionReader::starting_at(&reader.topic_dir, p, offset)?,
+            );
+        }
         reader.discover(partitions(dir, topic)?)?;
         Ok(reader)
     }
@@ -294,6 +326,49 @@ mod tests {
         assert!(
             e.to_output("t")
                 .starts_with("{\"topic\":\"t\",\"partition\":1,\"offset\":1,")
+        );
+    }
+
+    #[test]
+    fn open_from_starts_each_partition_at_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p0 = dir.path().join("t/0");
+        let p1 = dir.path().join("t/1");
+        fs::create_dir_all(&p0).unwrap();
+        fs::create_dir_all(&p1).unwrap();
+        fs::write(
+            p0.join(segment_name(0)),
+            line(0, 1) + &line(1, 2) + &line(2, 3),
+        )
+        .unwrap();
+        fs::write(p0.join(segment_name(3)), line(3, 4) + &line(4, 5)).unwrap();
+        fs::write(p1.join(segment_name(0)), line(0, 6) + &line(1, 7)).unwrap();
+        // p0 from offset 4 (second segment), p1 from 1; a partition not given starts at 0.
+        let mut r = TopicReader::open_from(dir.path(), "t", &[(0, 4), (1, 1)].into()).unwrap();
+        let mut seen = Vec::new();
+        while let Some(e) = r.next_entry().unwrap() {
+            seen.push((e.partition, e.offset));
+        }
+        assert_eq!(seen, vec![(0, 4), (1, 1)]);
+        // Offsets past the end: nothing now, and what is appended later is read.
+        let mut r = TopicReader::open_from(dir.path(), "t", &[(0, 5), (1, 2)].into()).unwrap();
+        assert_eq!(r.next_entry().unwrap(), None);
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(p1.join(segment_name(0)))
+            .unwrap();
+        f.write_all(line(2, 8).as_bytes()).unwrap();
+        r.poll().unwrap();
+        assert_eq!(
+            r.next_entry().unwrap().map(|e| (e.partition, e.offset)),
+            Some((1, 2))
+        );
+        // An offset older than the first stored segment (retention) starts at that segment.
+        fs::remove_file(p0.join(segment_name(0))).unwrap();
+        let mut r = TopicReader::open_from(dir.path(), "t", &[(0, 1), (1, 9)].into()).unwrap();
+        assert_eq!(
+            r.next_entry().unwrap().map(|e| (e.partition, e.offset)),
+            Some((0, 3))
         );
     }
 
