@@ -59,7 +59,9 @@ pub fn partitions(dir: &Path, topic: &str) -> io::Result<Vec<u32>> {
 }
 
 /// Reads one partition's lines in offset order across its segments, resuming where it
-/// stopped; at the end it can be polled again for lines appended since.
+/// stopped; at the end it can be polled again for lines appended since. A segment deleted
+/// by retention before or while it is read is skipped: reading continues at the oldest
+/// segment still there (the new log start), as a Kafka consumer's offset reset does.
 pub struct PartitionReader {
     dir: PathBuf,
     partition: u32,
@@ -67,6 +69,8 @@ pub struct PartitionReader {
     position: u64,
     reader: Option<BufReader<File>>,
     buf: String,
+    /// Lines below this offset are skipped (a start offset inside a segment).
+    min_offset: u64,
 }
 
 impl PartitionReader {
@@ -78,7 +82,28 @@ impl PartitionReader {
             position: 0,
             reader: None,
             buf: String::new(),
+            min_offset: 0,
         }
+    }
+
+    /// Starts reading at `offset` (a consumer group's committed offset); an offset below the
+    /// log start, deleted by retention, starts at the log start.
+    pub fn seek(&mut self, offset: u64) -> io::Result<()> {
+        let segments = match list_segments(&self.dir) {
+            Ok(segments) => segments,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        self.segment = segments
+            .iter()
+            .rev()
+            .find(|&&base| base <= offset)
+            .or(segments.first())
+            .copied();
+        self.position = 0;
+        self.reader = None;
+        self.min_offset = offset;
+        Ok(())
     }
 
     /// The next complete line, or `None` when there is nothing more for now.
@@ -93,7 +118,11 @@ impl PartitionReader {
             if n > 0 && self.buf.ends_with('\n') {
                 self.position += n as u64;
                 let line = self.buf.trim_end_matches('\n');
-                return parse_entry(self.partition, line).map(Some);
+                let entry = parse_entry(self.partition, line)?;
+                if entry.offset < self.min_offset {
+                    continue;
+                }
+                return Ok(Some(entry));
             }
             // End of this segment, or a line still being written: continue from its start.
             reader.seek(SeekFrom::Start(self.position))?;
@@ -113,20 +142,47 @@ impl PartitionReader {
 
     /// Opens the current segment (or the first one); false when the partition has none yet.
     fn open_next(&mut self) -> io::Result<bool> {
-        let base = match self.segment {
-            Some(base) => base,
-            None => match list_segments(&self.dir) {
-                Ok(segments) if !segments.is_empty() => segments[0],
-                Ok(_) => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        loop {
+            let segments = || match list_segments(&self.dir) {
+                Ok(segments) => Ok(segments),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(e),
+            };
+            let base = match self.segment {
+                Some(base) => base,
+                None => match segments()?.first() {
+                    Some(&first) => first,
+                    None => return Ok(false),
+                },
+            };
+            match File::open(self.dir.join(segment_name(base))) {
+                Ok(mut file) => {
+                    file.seek(SeekFrom::Start(self.position))?;
+                    self.segment = Some(base);
+                    self.reader = Some(BufReader::new(file));
+                    return Ok(true);
+                }
+                // Deleted by retention: go on at the oldest segment after it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let next = segments()?.into_iter().find(|&b| b > base);
+                    tracing::debug!(
+                        partition = self.partition,
+                        segment = base,
+                        ?next,
+                        "segment deleted while reading; moving on"
+                    );
+                    self.position = 0;
+                    match next {
+                        Some(next) => self.segment = Some(next),
+                        None => {
+                            self.segment = None;
+                            return Ok(false);
+                        }
+                    }
+                }
                 Err(e) => return Err(e),
-            },
-        };
-        let mut file = File::open(self.dir.join(segment_name(base)))?;
-        file.seek(SeekFrom::Start(self.position))?;
-        self.segment = Some(base);
-        self.reader = Some(BufReader::new(file));
-        Ok(true)
+            }
+        }
     }
 }
 
@@ -281,6 +337,38 @@ mod tests {
             e.to_output("t")
                 .starts_with("{\"topic\":\"t\",\"partition\":1,\"offset\":1,")
         );
+    }
+
+    #[test]
+    fn segments_deleted_before_or_while_reading_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p0 = dir.path().join("t/0");
+        fs::create_dir_all(&p0).unwrap();
+        fs::write(p0.join(segment_name(0)), line(0, 1) + &line(1, 2)).unwrap();
+        fs::write(p0.join(segment_name(2)), line(2, 3) + &line(3, 4)).unwrap();
+        fs::write(p0.join(segment_name(4)), line(4, 5)).unwrap();
+        let mut r = PartitionReader::new(&dir.path().join("t"), 0);
+        assert_eq!(r.next_entry().unwrap().unwrap().offset, 0);
+        // Retention deletes the segment being read and the next one: the open file still
+        // reads to its end, then the reader continues at the oldest segment left.
+        fs::remove_file(p0.join(segment_name(0))).unwrap();
+        fs::remove_file(p0.join(segment_name(2))).unwrap();
+        assert_eq!(r.next_entry().unwrap().unwrap().offset, 1);
+        assert_eq!(r.next_entry().unwrap().unwrap().offset, 4);
+        assert_eq!(r.next_entry().unwrap(), None);
+
+        // A committed offset below the log start starts at the log start; one inside a
+        // segment starts at that line.
+        fs::write(p0.join(segment_name(5)), line(5, 6) + &line(6, 7)).unwrap();
+        let mut r = PartitionReader::new(&dir.path().join("t"), 0);
+        r.seek(1).unwrap();
+        let offsets: Vec<u64> = std::iter::from_fn(|| r.next_entry().unwrap())
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(offsets, vec![4, 5, 6]);
+        r.seek(6).unwrap();
+        assert_eq!(r.next_entry().unwrap().unwrap().offset, 6);
+        assert_eq!(r.next_entry().unwrap(), None);
     }
 
     #[test]
