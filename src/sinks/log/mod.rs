@@ -48,7 +48,7 @@ pub const DISK_FULL_KIND: &str = "disk_full";
 
 /// Once the disk was full, the sink reports ready again when this much is free (or
 /// `min_free_bytes`, if larger) — or at once when a write succeeds.
-const RECOVERY_FREE_BYTES: u64 = 1024 * 1024;
+const RECOVERY_FREE_BYTES: u64 = 64 * 1024;
 
 /// What retention has deleted since the sink opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
