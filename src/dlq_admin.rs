@@ -1,0 +1,576 @@
+//! `firestream dlq list|replay`: reads the dead letters of the local log's `firestream-dlq`
+//! (the DLQ itself with the log sink, its fallback behind Kafka) and sends the ones that
+//! carry a whole envelope back to their topic through the configured sink.
+//!
+//! Replay remembers its progress as the offsets of the consumer group
+//! [`REPLAY_GROUP`] on the DLQ topic, so a dead letter is replayed once. With a filter,
+//! letters it skips keep the group offset where they are; letters handled beyond them are
+//! remembered in `<dir>/firestream-dlq/.replay-done.json` until the offset passes them.
+//! A letter that fails again becomes a new dead letter (attempts + 1) after the ones read,
+//! so the next replay tries it again; a letter whose new dead letter cannot be stored is
+//! not marked handled.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::Config;
+use crate::dlq::{DLQ_TOPIC, DeadLetter, Stage};
+use crate::record::{Priority, RecordId};
+use crate::router::{Router, record_headers};
+use crate::sinks::log::groups;
+use crate::sinks::log::reader::{self, PartitionReader};
+use crate::sinks::{self, Message, Origin, SinkError};
+use crate::sources::SourceType;
+
+/// The consumer group whose offsets on `firestream-dlq` mark what replay has handled.
+pub const REPLAY_GROUP: &str = "firestream-dlq-replay";
+
+/// Dead letters per sink batch during a replay; progress is committed after each.
+const REPLAY_BATCH: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("cannot read the DLQ in {dir}: {source}")]
+    Read { dir: PathBuf, source: io::Error },
+    #[error("cannot record replay progress in {dir}: {source}; nothing more was replayed")]
+    Progress { dir: PathBuf, source: io::Error },
+    #[error("cannot open the sink to replay into: {0}")]
+    Sink(#[from] SinkError),
+}
+
+/// Which dead letters a command looks at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub stage: Option<Stage>,
+    pub source: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, letter: &StoredLetter) -> bool {
+        self.stage.is_none_or(|s| letter.stage == s.as_str())
+            && self
+                .source
+                .as_deref()
+                .is_none_or(|s| letter.source_id.as_deref() == Some(s))
+    }
+}
+
+/// `Stage` from its name (`fetch`, `parse`, …).
+pub fn parse_stage(name: &str) -> Option<Stage> {
+    Stage::ALL.into_iter().find(|s| s.as_str() == name)
+}
+
+/// A dead letter as stored (DESIGN §5 shape), read back.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoredLetter {
+    pub dlq_id: String,
+    pub failed_at: String,
+    pub stage: String,
+    pub error_kind: String,
+    pub reason: String,
+    #[serde(default)]
+    pub attempts: u32,
+    pub source_id: Option<String>,
+    pub topic: Option<String>,
+    pub key: Option<String>,
+    pub record: Option<Box<RawValue>>,
+    pub raw_excerpt: Option<String>,
+}
+
+/// One line of the DLQ topic.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub partition: u32,
+    pub offset: u64,
+    /// The stored line's `value`, whole.
+    pub value: Box<RawValue>,
+    /// `Err` when the value is not a dead letter (it is still listed, never replayed).
+    pub letter: Result<StoredLetter, String>,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    value: Box<RawValue>,
+}
+
+/// Every line of the DLQ topic from `start` (per partition; missing = the log start), in
+/// offset order per partition, partitions in order.
+fn read_entries(dir: &Path, start: &BTreeMap<u32, u64>) -> Result<Vec<Entry>, DlqError> {
+    let read_err = |source| DlqError::Read {
+        dir: dir.to_owned(),
+        source,
+    };
+    if !dir.join(DLQ_TOPIC).is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut entries = Vec::new();
+    for partition in reader::partitions(dir, DLQ_TOPIC).map_err(read_err)? {
+        let mut partition_reader = PartitionReader::new(&dir.join(DLQ_TOPIC), partition);
+        if let Some(&offset) = start.get(&partition) {
+            partition_reader.seek(offset).map_err(read_err)?;
+        }
+        while let Some(entry) = partition_reader.next_entry().map_err(read_err)? {
+            let line: Line = serde_json::from_str(&entry.line).map_err(|e| {
+                read_err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("partition {partition} offset {}: {e}", entry.offset),
+                ))
+            })?;
+            let letter = serde_json::from_str::<StoredLetter>(line.value.get())
+                .map_err(|e| format!("not a dead letter ({e})"));
+            entries.push(Entry {
+                partition,
+                offset: entry.offset,
+                value: line.value,
+                letter,
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// What `dlq list` shows.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The newest `n` matching letters, oldest first.
+    pub letters: Vec<Entry>,
+    /// All matching letters (not only the ones shown) by stage.
+    pub by_stage: BTreeMap<String, u64>,
+    pub matching: u64,
+    /// Lines of the DLQ topic that are not dead letters: partition, offset, why.
+    pub unreadable: Vec<(u32, u64, String)>,
+}
+
+/// The dead letters of the local log matching `filter`, the newest `n` of them kept
+/// (ordered by `failed_at`, then partition and offset).
+pub fn list(dir: &Path, filter: &Filter, n: usize) -> Result<Listing, DlqError> {
+    let mut listing = Listing::default();
+    let mut matching = Vec::new();
+    for entry in read_entries(dir, &BTreeMap::new())? {
+        match &entry.letter {
+            Ok(letter) if filter.matches(letter) => {
+                *listing.by_stage.entry(letter.stage.clone()).or_default() += 1;
+                matching.push(entry);
+            }
+            Ok(_) => {}
+            Err(why) => listing
+                .unreadable
+                .push((entry.partition, entry.offset, why.clone())),
+        }
+    }
+    listing.matching = matching.len() as u64;
+    matching.sort_by(|a, b| {
+        let time = |e: &Entry| e.letter.as_ref().map(|l| l.failed_at.clone()).ok();
+        (time(a), a.partition, a.offset).cmp(&(time(b), b.partition, b.offset))
+    });
+    let skip = matching.len().saturating_sub(n);
+    listing.letters = matching.split_off(skip);
+    Ok(listing)
+}
+
+/// The fields of an envelope replay needs to route it as the router did.
+#[derive(Deserialize)]
+struct EnvelopeHead {
+    id: String,
+    source_id: String,
+    source_type: SourceType,
+    kind: String,
+    priority: Priority,
+    ingested_at: String,
+}
+
+/// A dead letter that cannot be replayed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NotReplayable {
+    pub partition: u32,
+    pub offset: u64,
+    pub dlq_id: Option<String>,
+    pub stage: Option<String>,
+    pub why: String,
+}
+
+/// What `dlq replay` did (or, with `dry_run`, would do).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ReplaySummary {
+    pub dry_run: bool,
+    /// Dead letters not handled before and matching the filter.
+    pub considered: u64,
+    /// Sent to their topic (with `dry_run`: would be).
+    pub replayed: u64,
+    /// Per topic.
+    pub replayed_by_topic: BTreeMap<String, u64>,
+    /// Failed again: a new dead letter each, so the next replay tries them again.
+    pub failed_again: u64,
+    /// Failed again and the new dead letter could not be stored: not marked handled.
+    pub not_stored: u64,
+    /// Only a `raw_excerpt` (parse, validate, fetch) or not an envelope: skipped for good.
+    pub not_replayable: Vec<NotReplayable>,
+    /// Not matching the filter: left for a later replay.
+    pub left: u64,
+}
+
+/// Replay progress beyond the group offset: offsets handled out of order, per partition.
+type Done = BTreeMap<u32, BTreeSet<u64>>;
+
+fn done_path(dir: &Path) -> PathBuf {
+    dir.join(DLQ_TOPIC).join(".replay-done.json")
+}
+
+fn read_done(dir: &Path) -> io::Result<Done> {
+    match fs::read_to_string(done_path(dir)) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: {e}; delete it to replay letters after the group offset again",
+                    done_path(dir).display()
+                ),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Done::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_done(dir: &Path, done: &Done) -> io::Result<()> {
+    let path = done_path(dir);
+    if done.values().all(BTreeSet::is_empty) {
+        return match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let temp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let file = fs::File::create(&temp)?;
+    serde_json::to_writer(&file, done)?;
+    file.sync_all()?;
+    fs::rename(&temp, &path)
+}
+
+/// Advances each partition's group offset over handled letters: the new offset is the first
+/// letter not handled; handled letters after it are kept in `done`.
+fn advance(
+    entries: &[Entry],
+    handled: &BTreeSet<(u32, u64)>,
+    committed: &mut BTreeMap<u32, u64>,
+    done: &mut Done,
+) {
+    let mut partitions: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for e in entries {
+        partitions.entry(e.partition).or_default().push(e.offset);
+    }
+    for (partition, offsets) in partitions {
+        let mut set = done.remove(&partition).unwrap_or_default();
+        set.extend(
+            handled
+                .range((partition, 0)..=(partition, u64::MAX))
+                .map(|&(_, o)| o),
+        );
+        let mut next = committed.get(&partition).copied().unwrap_or(0);
+        for offset in offsets {
+            if set.contains(&offset) {
+                next = offset + 1;
+            } else {
+                break;
+            }
+        }
+        set.retain(|&o| o >= next);
+        committed.insert(partition, next);
+        if !set.is_empty() {
+            done.insert(partition, set);
+        }
+    }
+}
+
+/// The message that sends a dead letter's envelope back to its topic, as the router made
+/// it; `Err` says why it cannot be replayed.
+fn replay_message(letter: &StoredLetter) -> Result<Message, String> {
+    let Some(record) = &letter.record else {
+        return Err("only a raw_excerpt: there was no envelope yet".to_owned());
+    };
+    let (Some(topic), Some(key)) = (&letter.topic, &letter.key) else {
+        return Err("no topic or key to send it to".to_owned());
+    };
+    if topic == DLQ_TOPIC {
+        return Err("its topic is the DLQ itself".to_owned());
+    }
+    let head: EnvelopeHead = serde_json::from_str(record.get())
+        .map_err(|e| format!("record is not a firestream envelope ({e})"))?;
+    let id = RecordId::from_hex(&head.id)
+        .ok_or_else(|| format!("record id {:?} is not 32 hex digits", head.id))?;
+    let ingested_at = chrono::DateTime::parse_from_rfc3339(&head.ingested_at)
+        .map_err(|e| format!("record ingested_at {:?}: {e}", head.ingested_at))?;
+    Ok(Message {
+        topic: Arc::from(topic.as_str()),
+        key: key.clone(),
+        timestamp_ms: ingested_at.timestamp_millis(),
+        headers: record_headers(&head.source_id, &head.kind, &head.id),
+        payload: record.get().as_bytes().to_vec(),
+        origin: Origin::Record {
+            id,
+            source_id: Arc::from(head.source_id.as_str()),
+            source_type: head.source_type,
+            priority: head.priority,
+            copy: false,
+            receipt: None,
+        },
+    })
+}
+
+/// Replays the dead letters of the local log's DLQ not replayed before and matching
+/// `filter`, through the sink `config` names.
+pub async fn replay(
+    config: &Config,
+    filter: &Filter,
+    dry_run: bool,
+) -> Result<ReplaySummary, DlqError> {
+    let dir = &config.sink.log.dir;
+    let progress_err = |source| DlqError::Progress {
+        dir: dir.clone(),
+        source,
+    };
+    let mut committed = groups::read(dir, DLQ_TOPIC, REPLAY_GROUP).map_err(progress_err)?;
+    let mut done = read_done(dir).map_err(progress_err)?;
+    let entries = read_entries(dir, &committed)?;
+    let mut summary = ReplaySummary {
+        dry_run,
+        ..ReplaySummary::default()
+    };
+    let mut handled: BTreeSet<(u32, u64)> = BTreeSet::new();
+    let mut to_send: Vec<(u32, u64, StoredLetter, Message)> = Vec::new();
+    for entry in &entries {
+        if done
+            .get(&entry.partition)
+            .is_some_and(|d| d.contains(&entry.offset))
+        {
+            continue;
+        }
+        let letter = match &entry.letter {
+            Ok(letter) if filter.matches(letter) => letter,
+            Ok(_) => {
+                summary.left += 1;
+                continue;
+            }
+            Err(why) => {
+                if filter == &Filter::default() {
+                    summary.not_replayable.push(NotReplayable {
+                        partition: entry.partition,
+                        offset: entry.offset,
+                        dlq_id: None,
+                        stage: None,
+                        why: why.clone(),
+                    });
+                    handled.insert((entry.partition, entry.offset));
+                } else {
+                    summary.left += 1;
+                }
+                continue;
+            }
+        };
+        summary.considered += 1;
+        match replay_message(letter) {
+            Ok(message) => to_send.push((entry.partition, entry.offset, letter.clone(), message)),
+            Err(why) => {
+                summary.not_replayable.push(NotReplayable {
+                    partition: entry.partition,
+                    offset: entry.offset,
+                    dlq_id: Some(letter.dlq_id.clone()),
+                    stage: Some(letter.stage.clone()),
+                    why,
+                });
+                handled.insert((entry.partition, entry.offset));
+            }
+        }
+    }
+    if dry_run {
+        summary.replayed = to_send.len() as u64;
+        for (_, _, _, message) in &to_send {
+            *summary
+                .replayed_by_topic
+                .entry(message.topic.to_string())
+                .or_default() += 1;
+        }
+        return Ok(summary);
+    }
+    if to_send.is_empty() {
+        advance(&entries, &handled, &mut committed, &mut done);
+        commit(dir, &committed, &done).map_err(progress_err)?;
+        return Ok(summary);
+    }
+
+    let sinks = sinks::build(config).await?;
+    let router = Router::new(config);
+    let mut pending = to_send.into_iter().peekable();
+    while pending.peek().is_some() {
+        let chunk: Vec<_> = pending.by_ref().take(REPLAY_BATCH).collect();
+        let mut places = Vec::with_capacity(chunk.len());
+        let mut letters = Vec::with_capacity(chunk.len());
+        let mut messages = Vec::with_capacity(chunk.len());
+        for (partition, offset, letter, message) in chunk {
+            places.push((partition, offset));
+            letters.push(letter);
+            messages.push(message);
+        }
+        let outcomes = sinks.main.send(messages).await;
+        // Failed again: a new dead letter each, into the DLQ (or its fallback).
+        let mut again: Vec<((u32, u64), DeadLetter)> = Vec::new();
+        for ((place, letter), (message, result)) in places.iter().zip(&letters).zip(outcomes) {
+            match result {
+                Ok(_) => {
+                    summary.replayed += 1;
+                    *summary
+                        .replayed_by_topic
+                        .entry(message.topic.to_string())
+                        .or_default() += 1;
+                    handled.insert(*place);
+                }
+                Err(e) => {
+                    let source: Arc<str> = match &message.origin {
+                        Origin::Record { source_id, .. } => source_id.clone(),
+                        Origin::DeadLetter { .. } => Arc::from(""),
+                    };
+                    again.push((
+                        *place,
+                        DeadLetter::envelope(
+                            Stage::Deliver,
+                            e.kind,
+                            format!("replay of dead letter {}: {}", letter.dlq_id, e.message),
+                            letter.attempts.saturating_add(1),
+                            source,
+                            message.topic.to_string(),
+                            message.key.clone(),
+                            &message.payload,
+                        ),
+                    ));
+                }
+            }
+        }
+        if !again.is_empty() {
+            let messages = again.iter().map(|(_, d)| router.dead_letter(d)).collect();
+            let mut refused = Vec::new();
+            for ((place, _), (message, result)) in again.iter().zip(sinks.main.send(messages).await)
+            {
+                match result {
+                    Ok(_) => {
+                        summary.failed_again += 1;
+                        handled.insert(*place);
+                    }
+                    Err(e) => refused.push((*place, message, e)),
+                }
+            }
+            if !refused.is_empty() {
+                let outcomes = match &sinks.dlq_fallback {
+                    Some(fallback) => {
+                        let messages = refused.iter().map(|(_, m, _)| m.clone()).collect();
+                        fallback
+                            .send(messages)
+                            .await
+                            .into_iter()
+                            .map(|(_, r)| r.err())
+                            .collect()
+                    }
+                    None => refused
+                        .iter()
+                        .map(|(_, _, e)| Some(e.clone()))
+                        .collect::<Vec<_>>(),
+                };
+                for ((place, _, _), error) in refused.iter().zip(outcomes) {
+                    match error {
+                        None => {
+                            summary.failed_again += 1;
+                            handled.insert(*place);
+                        }
+                        Some(e) => {
+                            tracing::error!(partition = place.0, offset = place.1, error = %e, "a replayed dead letter failed again and its new dead letter cannot be stored; it stays unreplayed");
+                            summary.not_stored += 1;
+                        }
+                    }
+                }
+            }
+        }
+        advance(&entries, &handled, &mut committed, &mut done);
+        commit(dir, &committed, &done).map_err(progress_err)?;
+    }
+    sinks.main.close().await?;
+    if let Some(fallback) = &sinks.dlq_fallback {
+        fallback.close().await?;
+    }
+    Ok(summary)
+}
+
+fn commit(dir: &Path, committed: &BTreeMap<u32, u64>, done: &Done) -> io::Result<()> {
+    if committed.is_empty() && done.is_empty() {
+        return Ok(());
+    }
+    // The done set first: a crash between the two writes then replays nothing twice.
+    write_done(dir, done)?;
+    groups::commit(dir, DLQ_TOPIC, REPLAY_GROUP, committed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(partition: u32, offset: u64) -> Entry {
+        Entry {
+            partition,
+            offset,
+            value: RawValue::from_string("{}".into()).unwrap(),
+            letter: Err("x".into()),
+        }
+    }
+
+    #[test]
+    fn group_offset_advances_over_the_handled_prefix_and_remembers_the_rest() {
+        let entries: Vec<Entry> = [(0, 3), (0, 4), (0, 5), (0, 6), (1, 0), (1, 1)]
+            .into_iter()
+            .map(|(p, o)| entry(p, o))
+            .collect();
+        let mut committed = BTreeMap::from([(0, 3)]);
+        let mut done = Done::new();
+        // 3 and 5 handled, 4 left by a filter; partition 1 all handled.
+        let handled = BTreeSet::from([(0, 3), (0, 5), (1, 0), (1, 1)]);
+        advance(&entries, &handled, &mut committed, &mut done);
+        assert_eq!(committed, BTreeMap::from([(0, 4), (1, 2)]));
+        assert_eq!(done, Done::from([(0, BTreeSet::from([5]))]));
+        // Later 4 and 6 are handled: the offset passes everything and `done` empties.
+        let handled = BTreeSet::from([(0, 4), (0, 6)]);
+        advance(&entries[1..4], &handled, &mut committed, &mut done);
+        assert_eq!(committed, BTreeMap::from([(0, 7), (1, 2)]));
+        assert_eq!(done, Done::new());
+    }
+
+    #[test]
+    fn a_raw_only_letter_is_not_replayable_and_says_why() {
+        let letter: StoredLetter = serde_json::from_str(
+            r#"{"dlq_id":"d","failed_at":"2026-01-01T00:00:00.000Z","stage":"validate","error_kind":"invalid_row","reason":"r","attempts":1,"source_id":"s","topic":null,"key":null,"raw_excerpt":"1,2"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            replay_message(&letter).unwrap_err(),
+            "only a raw_excerpt: there was no envelope yet"
+        );
+        assert!(
+            Filter {
+                stage: Some(Stage::Validate),
+                source: Some("s".into())
+            }
+            .matches(&letter)
+        );
+        assert!(
+            !Filter {
+                stage: Some(Stage::Parse),
+                source: None
+            }
+            .matches(&letter)
+        );
+        assert_eq!(parse_stage("shutdown"), Some(Stage::Shutdown));
+        assert_eq!(parse_stage("nope"), None);
+    }
+}
