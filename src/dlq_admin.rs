@@ -516,6 +516,7 @@ fn commit(dir: &Path, committed: &BTreeMap<u32, u64>, done: &Done) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::Sink;
 
     fn entry(partition: u32, offset: u64) -> Entry {
         Entry {
@@ -523,6 +524,115 @@ mod tests {
             offset,
             value: RawValue::from_string("{}".into()).unwrap(),
             letter: Err("x".into()),
+        }
+    }
+
+    fn envelope(id_byte: u8) -> Vec<u8> {
+        format!(
+            r#"{{"schema":"firestream.record.v1","id":"{}","source_id":"s","source_type":"nasa_firms","kind":"fire_detection","event_time":"2026-01-01T00:00:00Z","ingested_at":"2026-01-01T00:00:01.500Z","location":null,"priority":"critical","quality":{{"score":1.0,"flags":[]}},"data":{{}}}}"#,
+            format!("{id_byte:02x}").repeat(16)
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_filtered_replay_then_a_full_one_deliver_each_letter_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::parse("", Path::new("t.yaml")).unwrap();
+        config.sink.log.dir = dir.path().to_owned();
+        let router = Router::new(&config);
+        let letters = [
+            DeadLetter::envelope(
+                Stage::Queue,
+                "queue_full",
+                "evicted",
+                1,
+                Arc::from("s"),
+                "t-a".into(),
+                "s".into(),
+                &envelope(1),
+            ),
+            DeadLetter::envelope(
+                Stage::Deliver,
+                "disk_full",
+                "no space",
+                3,
+                Arc::from("s"),
+                "t-b".into(),
+                "s".into(),
+                &envelope(2),
+            ),
+            DeadLetter::raw(
+                Stage::Validate,
+                "invalid_row",
+                "bad",
+                Arc::from("s"),
+                "1,2".into(),
+            ),
+        ];
+        {
+            let sink = crate::sinks::log::LogSink::open(&config).unwrap();
+            let outcomes = sink
+                .send(letters.iter().map(|d| router.dead_letter(d)).collect())
+                .await;
+            // One DLQ partition (same key), offsets 0, 1, 2.
+            let placed: Vec<_> = outcomes
+                .iter()
+                .map(|(_, r)| r.as_ref().unwrap().offset)
+                .collect();
+            assert_eq!(placed, vec![0, 1, 2]);
+            sink.close().await.unwrap();
+        }
+        let deliver_only = Filter {
+            stage: Some(Stage::Deliver),
+            source: None,
+        };
+        let s = replay(&config, &deliver_only, false).await.unwrap();
+        assert_eq!((s.considered, s.replayed, s.left), (1, 1, 2));
+        assert_eq!(s.replayed_by_topic, BTreeMap::from([("t-b".to_owned(), 1)]));
+        // The queue letter before it holds the offset; the deliver letter is remembered.
+        let committed = groups::read(dir.path(), DLQ_TOPIC, REPLAY_GROUP).unwrap();
+        let partition = *committed.keys().next().unwrap();
+        assert_eq!(committed, BTreeMap::from([(partition, 0)]));
+        assert_eq!(
+            read_done(dir.path()).unwrap(),
+            Done::from([(partition, BTreeSet::from([1]))])
+        );
+
+        let s = replay(&config, &Filter::default(), false).await.unwrap();
+        assert_eq!(
+            (s.considered, s.replayed, s.left, s.failed_again),
+            (2, 1, 0, 0)
+        );
+        assert_eq!(s.replayed_by_topic, BTreeMap::from([("t-a".to_owned(), 1)]));
+        assert_eq!(s.not_replayable.len(), 1);
+        assert_eq!(s.not_replayable[0].stage.as_deref(), Some("validate"));
+        assert_eq!(
+            groups::read(dir.path(), DLQ_TOPIC, REPLAY_GROUP).unwrap(),
+            BTreeMap::from([(partition, 3)])
+        );
+        assert!(!done_path(dir.path()).exists());
+        let s = replay(&config, &Filter::default(), false).await.unwrap();
+        assert_eq!((s.considered, s.replayed), (0, 0));
+
+        // Each topic got its record once, with the router's headers and ingested_at time.
+        for (topic, id_byte) in [("t-a", 1u8), ("t-b", 2)] {
+            let mut r = reader::TopicReader::open(dir.path(), topic).unwrap();
+            let e = r.next_entry().unwrap().unwrap();
+            assert_eq!(r.next_entry().unwrap(), None);
+            let line: serde_json::Value = serde_json::from_str(&e.line).unwrap();
+            assert_eq!(line["key"], "s");
+            assert_eq!(line["timestamp"], 1_767_225_601_500_i64);
+            assert_eq!(
+                line["headers"],
+                serde_json::json!({
+                    "firestream-source-id": "s",
+                    "firestream-kind": "fire_detection",
+                    "firestream-schema": crate::record::SCHEMA,
+                    "firestream-id": format!("{id_byte:02x}").repeat(16),
+                    "content-type": "application/json",
+                })
+            );
         }
     }
 
