@@ -42,6 +42,8 @@ pub enum DlqError {
     Progress { dir: PathBuf, source: io::Error },
     #[error("cannot open the sink to replay into: {0}")]
     Sink(#[from] SinkError),
+    #[error("the {sink} sink is not ready ({detail}); nothing was replayed, try again once it is")]
+    NotReady { sink: &'static str, detail: String },
 }
 
 /// Which dead letters a command looks at.
@@ -405,6 +407,14 @@ pub async fn replay(
     }
 
     let sinks = sinks::build(config).await?;
+    let readiness = sinks.main.readiness();
+    if !readiness.ready {
+        sinks.main.close().await?;
+        return Err(DlqError::NotReady {
+            sink: sinks.main.name(),
+            detail: readiness.detail,
+        });
+    }
     let router = Router::new(config);
     let mut pending = to_send.into_iter().peekable();
     while pending.peek().is_some() {

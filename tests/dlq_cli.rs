@@ -164,8 +164,26 @@ fn list_shows_dead_letters_by_stage_and_replay_delivers_envelopes_once() {
         "{text}"
     );
 
-    // Fixed: a dry run shows the plan and changes nothing.
+    // A sink that is not ready (here: less free space than min_free_bytes) replays nothing.
     std::fs::remove_file(log.join(TOPIC)).unwrap();
+    std::fs::write(
+        d.join("full.yaml"),
+        "sink: {type: log, log: {dir: out/log, min_free_bytes: 1000PiB}}\n",
+    )
+    .unwrap();
+    let group_file = log.join("firestream-dlq/.groups/firestream-dlq-replay.json");
+    let before = std::fs::read_to_string(&group_file).unwrap();
+    let out = firestream(d, &["dlq", "replay", "-c", "full.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the log sink is not ready (disk full at ")
+            && stderr.contains("nothing was replayed"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&group_file).unwrap(), before);
+
+    // Fixed: a dry run shows the plan and changes nothing.
     let text = ok(&firestream(
         d,
         &[

@@ -415,6 +415,19 @@ impl Inner {
 
     fn readiness(&self) -> Readiness {
         let trouble = self.trouble.lock().expect("log trouble lock").clone();
+        let min_free = self.min_free_bytes.load(Ordering::Relaxed);
+        let free = if min_free > 0 || trouble.is_some() {
+            free_space(&self.dir).ok().map(|(free, _)| free)
+        } else {
+            None
+        };
+        // Below the floor the next batch would be refused: say so before it comes.
+        if min_free > 0 && free.is_some_and(|free| free < min_free) {
+            return Readiness {
+                ready: false,
+                detail: self.disk_full_detail(),
+            };
+        }
         let Some(detail) = trouble else {
             return Readiness {
                 ready: true,
@@ -422,12 +435,8 @@ impl Inner {
             };
         };
         // Space freed since (retention, an operator): ready, so delivery tries again.
-        let floor = self
-            .min_free_bytes
-            .load(Ordering::Relaxed)
-            .max(RECOVERY_FREE_BYTES);
         if detail.starts_with("disk full")
-            && free_space(&self.dir).is_ok_and(|(free, _)| free >= floor)
+            && free.is_some_and(|free| free >= min_free.max(RECOVERY_FREE_BYTES))
         {
             return Readiness {
                 ready: true,
@@ -646,6 +655,10 @@ mod tests {
         assert!(sink.readiness().ready);
         // More free space than any disk has: the refusal path, as on a nearly full disk.
         sink.set_min_free_bytes(u64::MAX);
+        // Not ready before anything is written.
+        let r = sink.readiness();
+        assert!(!r.ready);
+        assert!(r.detail.starts_with("disk full at "), "{}", r.detail);
         let mut batch: Vec<Message> = (0..3).map(|n| message("t2", "9q8y", n)).collect();
         batch.push(message(DLQ_TOPIC, "s", 9));
         let outcomes = sink.send(batch).await;
