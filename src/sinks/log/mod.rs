@@ -70,7 +70,7 @@ struct Inner {
     bytes_deleted: AtomicU64,
     /// Writes are refused below this much free space (0: never).
     min_free_bytes: AtomicU64,
-    /// Why the sink is not ready (disk full, a write failing), until a write succeeds.
+    /// Why the sink is not ready (the disk is full), until a write succeeds.
     trouble: Mutex<Option<String>>,
     /// Dropped with the sink: stops the periodic retention thread.
     _stop_retention: Mutex<mpsc::Sender<()>>,
@@ -313,9 +313,13 @@ impl Inner {
         }
         drop(writers);
 
+        // A full disk concerns the whole sink; other I/O errors concern their partition and
+        // are reported with its records (delivery logs them per topic and kind).
         let wrote = results.iter().any(|(_, r)| r.is_ok());
-        if let Some(first) = failed.values().next() {
-            self.trouble_begins(disk_full, first);
+        if disk_full {
+            if let Some(first) = failed.values().next() {
+                self.trouble_begins(first);
+            }
         } else if refused.is_none() && wrote {
             self.trouble_ends();
         }
@@ -366,7 +370,7 @@ impl Inner {
         match free_space(&self.dir) {
             Ok((free, _)) if free < min_free => {
                 let err = SinkError::retriable(DISK_FULL_KIND, self.disk_full_detail());
-                self.trouble_begins(true, &err);
+                self.trouble_begins(&err);
                 Some(err)
             }
             Ok(_) => None,
@@ -392,13 +396,9 @@ impl Inner {
         )
     }
 
-    /// Not ready from now on; logged once, when the trouble starts.
-    fn trouble_begins(&self, disk_full: bool, err: &SinkError) {
-        let detail = if disk_full {
-            self.disk_full_detail()
-        } else {
-            format!("writes failing: {}", err.message)
-        };
+    /// The disk is full: not ready from now on; logged once, when it starts.
+    fn trouble_begins(&self, err: &SinkError) {
+        let detail = self.disk_full_detail();
         let mut trouble = self.trouble.lock().expect("log trouble lock");
         if trouble.is_none() {
             tracing::error!(dir = %self.dir.display(), error_kind = err.kind, "local log cannot write: {detail}");
@@ -717,19 +717,14 @@ mod tests {
             .await;
         let err = outcomes[0].1.as_ref().unwrap_err();
         assert_eq!((err.kind, err.class), ("log_io_error", ErrorClass::Fatal));
+        assert!(err.message.starts_with("local log "), "{err}");
         assert!(outcomes[1].1.is_ok());
-        let r = sink.readiness();
-        assert!(!r.ready);
-        assert!(
-            r.detail.starts_with("writes failing: local log "),
-            "{}",
-            r.detail
-        );
-        // Fixed: the next write succeeds and the sink is ready again.
+        // One topic's problem, not the sink's: still ready.
+        assert!(sink.readiness().ready);
+        // Fixed: the next write succeeds.
         fs::remove_file(dir.path().join("blocked")).unwrap();
         let outcomes = sink.send(vec![message("blocked", "k", 0)]).await;
         assert!(outcomes[0].1.is_ok());
-        assert!(sink.readiness().ready);
     }
 
     #[tokio::test]
