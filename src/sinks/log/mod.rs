@@ -764,6 +764,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn opening_the_log_applies_retention_to_what_is_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("old-topic/0");
+        fs::create_dir_all(&pdir).unwrap();
+        let line = |offset: u64, ts: i64| {
+            format!(
+                "{{\"offset\":{offset},\"timestamp\":{ts},\"key\":\"k\",\"headers\":{{}},\"value\":{{}}}}\n"
+            )
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let day = 86_400_000;
+        fs::write(pdir.join(segment_name(0)), line(0, now - 30 * day)).unwrap();
+        fs::write(pdir.join(segment_name(1)), line(1, now - 8 * day)).unwrap();
+        fs::write(pdir.join(segment_name(2)), line(2, now - 6 * day)).unwrap();
+        fs::write(pdir.join(segment_name(3)), line(3, now - 60 * day)).unwrap();
+        let sink = LogSink::open(&config(dir.path())).unwrap();
+        // The retention thread's first pass runs at once; allow it a generous while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sink.retention_counts().segments_deleted < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(list_segments(&pdir).unwrap(), vec![2, 3]);
+        assert_eq!(
+            sink.retention_counts(),
+            RetentionCounts {
+                segments_deleted: 2,
+                bytes_deleted: (line(0, now - 30 * day).len() + line(1, now - 8 * day).len())
+                    as u64,
+            }
+        );
+    }
+
+    #[tokio::test]
     async fn a_second_writer_on_the_same_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _first = LogSink::open(&config(dir.path())).unwrap();
