@@ -585,6 +585,12 @@ impl Sink for LazyLogSink {
     }
 
     fn readiness(&self) -> Readiness {
+        // Once open, its own readiness (a full disk shows here too).
+        if let Ok(sink) = self.sink.try_lock()
+            && let Some(sink) = sink.as_ref()
+        {
+            return sink.readiness();
+        }
         Readiness {
             ready: true,
             detail: format!(
