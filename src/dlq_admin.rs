@@ -12,14 +12,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::Config;
+use crate::config::{Config, SinkKind};
 use crate::dlq::{DLQ_TOPIC, DeadLetter, Stage};
 use crate::record::{Priority, RecordId};
 use crate::router::{Router, record_headers};
@@ -523,6 +523,158 @@ fn commit(dir: &Path, committed: &BTreeMap<u32, u64>, done: &Done) -> io::Result
     groups::commit(dir, DLQ_TOPIC, REPLAY_GROUP, committed)
 }
 
+/// `dlq list`: a table (or JSON lines) of the newest `n` matching letters, then the counts
+/// by stage (on stderr with `json`, so stdout stays one object per line).
+pub fn print_list(config: &Config, filter: &Filter, n: usize, json: bool) -> Result<(), DlqError> {
+    let dir = &config.sink.log.dir;
+    let listing = list(dir, filter, n)?;
+    let mut out = io::stdout().lock();
+    let mut notes = Vec::new();
+    if config.sink.kind == SinkKind::Kafka {
+        notes.push(format!(
+            "note: the sink is Kafka; this is the local log's fallback DLQ in {} (read Kafka's {DLQ_TOPIC} with a Kafka consumer)",
+            dir.display()
+        ));
+    }
+    // A closed pipe (`| head`) ends the listing quietly.
+    let _ = write_listing(&mut out, &listing, json);
+    let counts: Vec<String> = listing
+        .by_stage
+        .iter()
+        .map(|(stage, n)| format!("{stage} {n}"))
+        .collect();
+    notes.push(format!(
+        "{} dead letter(s) match ({} shown){}{}",
+        listing.matching,
+        listing.letters.len(),
+        if counts.is_empty() {
+            ""
+        } else {
+            "; by stage: "
+        },
+        counts.join(", ")
+    ));
+    for (partition, offset, why) in &listing.unreadable {
+        notes.push(format!(
+            "warning: {DLQ_TOPIC} partition {partition} offset {offset}: {why}"
+        ));
+    }
+    for line in notes {
+        if json {
+            eprintln!("{line}");
+        } else {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    Ok(())
+}
+
+fn write_listing(out: &mut impl Write, listing: &Listing, json: bool) -> io::Result<()> {
+    if json {
+        for entry in &listing.letters {
+            let mut value: serde_json::Value =
+                serde_json::from_str(entry.value.get()).map_err(io::Error::other)?;
+            if let Some(map) = value.as_object_mut() {
+                map.insert("partition".into(), entry.partition.into());
+                map.insert("offset".into(), entry.offset.into());
+            }
+            writeln!(out, "{value}")?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<24}  {:<8}  {:<22}  {:<22}  {:<26}  REASON",
+        "FAILED_AT", "STAGE", "ERROR_KIND", "SOURCE_ID", "TOPIC"
+    )?;
+    for entry in &listing.letters {
+        let Ok(l) = &entry.letter else { continue };
+        writeln!(
+            out,
+            "{:<24}  {:<8}  {:<22}  {:<22}  {:<26}  {}",
+            l.failed_at,
+            l.stage,
+            l.error_kind,
+            l.source_id.as_deref().unwrap_or("-"),
+            l.topic.as_deref().unwrap_or("-"),
+            shorten(&l.reason, 80)
+        )?;
+    }
+    Ok(())
+}
+
+/// `dlq replay`'s summary: replayed per topic, not replayable (the first 20 with why),
+/// failed again.
+pub fn print_replay(summary: &ReplaySummary) {
+    let mut out = io::stdout().lock();
+    let _ = write_replay(&mut out, summary);
+}
+
+fn write_replay(out: &mut impl Write, summary: &ReplaySummary) -> io::Result<()> {
+    let dry_run = summary.dry_run;
+    writeln!(
+        out,
+        "dlq replay{}: {} dead letter(s) considered",
+        if dry_run { " (dry run)" } else { "" },
+        summary.considered
+    )?;
+    let verb = if dry_run { "would replay" } else { "replayed" };
+    writeln!(out, "  {verb:<22} {:>8}", summary.replayed)?;
+    for (topic, n) in &summary.replayed_by_topic {
+        writeln!(out, "    {topic:<28} {n:>8}")?;
+    }
+    writeln!(
+        out,
+        "  not replayable         {:>8}",
+        summary.not_replayable.len()
+    )?;
+    for n in summary.not_replayable.iter().take(20) {
+        writeln!(
+            out,
+            "    partition {} offset {} ({}): {}",
+            n.partition,
+            n.offset,
+            n.stage.as_deref().unwrap_or("?"),
+            n.why
+        )?;
+    }
+    if summary.not_replayable.len() > 20 {
+        writeln!(
+            out,
+            "    … {} more (see `firestream dlq list`)",
+            summary.not_replayable.len() - 20
+        )?;
+    }
+    if !dry_run {
+        writeln!(out, "  failed again → DLQ     {:>8}", summary.failed_again)?;
+    }
+    if summary.left > 0 {
+        writeln!(out, "  not matching, left     {:>8}", summary.left)?;
+    }
+    if summary.not_stored > 0 {
+        writeln!(
+            out,
+            "  NOT STORED: {} failed again and could not be dead-lettered; they stay unreplayed (see the error log)",
+            summary.not_stored
+        )?;
+    }
+    Ok(())
+}
+
+/// `text` on one line, cut to `max` characters.
+fn shorten(text: &str, max: usize) -> String {
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -692,5 +844,7 @@ mod tests {
         );
         assert_eq!(parse_stage("shutdown"), Some(Stage::Shutdown));
         assert_eq!(parse_stage("nope"), None);
+        assert_eq!(shorten("a\nbcdef", 4), "a b…");
+        assert_eq!(shorten("abc", 4), "abc");
     }
 }

@@ -281,78 +281,7 @@ fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let config = load(&config.config)?;
-            let dir = &config.sink.log.dir;
-            let listing = dlq_admin::list(dir, &filter.into_filter(), lines)?;
-            let mut out = std::io::stdout().lock();
-            let mut summary = Vec::new();
-            if config.sink.kind == SinkKind::Kafka {
-                summary.push(format!(
-                    "note: the sink is Kafka; this is the local log's fallback DLQ in {} (read Kafka's {} with a Kafka consumer)",
-                    dir.display(),
-                    firestream::dlq::DLQ_TOPIC
-                ));
-            }
-            if json {
-                for entry in &listing.letters {
-                    let mut value: serde_json::Value = serde_json::from_str(entry.value.get())?;
-                    if let Some(map) = value.as_object_mut() {
-                        map.insert("partition".into(), entry.partition.into());
-                        map.insert("offset".into(), entry.offset.into());
-                    }
-                    if writeln!(out, "{value}").is_err() {
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                }
-            } else {
-                let _ = writeln!(
-                    out,
-                    "{:<24}  {:<8}  {:<22}  {:<22}  {:<26}  REASON",
-                    "FAILED_AT", "STAGE", "ERROR_KIND", "SOURCE_ID", "TOPIC"
-                );
-                for entry in &listing.letters {
-                    let Ok(l) = &entry.letter else { continue };
-                    let _ = writeln!(
-                        out,
-                        "{:<24}  {:<8}  {:<22}  {:<22}  {:<26}  {}",
-                        l.failed_at,
-                        l.stage,
-                        l.error_kind,
-                        l.source_id.as_deref().unwrap_or("-"),
-                        l.topic.as_deref().unwrap_or("-"),
-                        shorten(&l.reason, 80)
-                    );
-                }
-            }
-            let counts: Vec<String> = listing
-                .by_stage
-                .iter()
-                .map(|(stage, n)| format!("{stage} {n}"))
-                .collect();
-            summary.push(format!(
-                "{} dead letter(s) match ({} shown){}{}",
-                listing.matching,
-                listing.letters.len(),
-                if counts.is_empty() {
-                    ""
-                } else {
-                    "; by stage: "
-                },
-                counts.join(", ")
-            ));
-            for (partition, offset, why) in &listing.unreadable {
-                summary.push(format!(
-                    "warning: {} partition {partition} offset {offset}: {why}",
-                    firestream::dlq::DLQ_TOPIC
-                ));
-            }
-            // With --json the counts go to stderr so stdout stays one object per line.
-            for line in summary {
-                if json {
-                    eprintln!("{line}");
-                } else {
-                    let _ = writeln!(out, "{line}");
-                }
-            }
+            dlq_admin::print_list(&config, &filter.into_filter(), lines, json)?;
             Ok(ExitCode::SUCCESS)
         }
         DlqAction::Replay {
@@ -364,71 +293,14 @@ fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
             init_logging(&config);
             let summary =
                 runtime()?.block_on(dlq_admin::replay(&config, &filter.into_filter(), dry_run))?;
-            let mut out = std::io::stdout().lock();
-            let verb = if dry_run { "would replay" } else { "replayed" };
-            let _ = writeln!(
-                out,
-                "dlq replay{}: {} dead letter(s) considered",
-                if dry_run { " (dry run)" } else { "" },
-                summary.considered
-            );
-            let _ = writeln!(out, "  {verb:<22} {:>8}", summary.replayed);
-            for (topic, n) in &summary.replayed_by_topic {
-                let _ = writeln!(out, "    {topic:<28} {n:>8}");
-            }
-            let _ = writeln!(
-                out,
-                "  not replayable         {:>8}",
-                summary.not_replayable.len()
-            );
-            for n in summary.not_replayable.iter().take(20) {
-                let _ = writeln!(
-                    out,
-                    "    partition {} offset {} ({}): {}",
-                    n.partition,
-                    n.offset,
-                    n.stage.as_deref().unwrap_or("?"),
-                    n.why
-                );
-            }
-            if summary.not_replayable.len() > 20 {
-                let _ = writeln!(
-                    out,
-                    "    … {} more (see `firestream dlq list`)",
-                    summary.not_replayable.len() - 20
-                );
-            }
-            if !dry_run {
-                let _ = writeln!(out, "  failed again → DLQ     {:>8}", summary.failed_again);
-            }
-            if summary.left > 0 {
-                let _ = writeln!(out, "  not matching, left     {:>8}", summary.left);
-            }
-            if summary.not_stored > 0 {
-                let _ = writeln!(
-                    out,
-                    "  NOT STORED: {} failed again and could not be dead-lettered; they stay unreplayed (see the error log)",
-                    summary.not_stored
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
+            dlq_admin::print_replay(&summary);
+            Ok(if summary.not_stored > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
-}
-
-/// `text` on one line, cut to `max` characters.
-fn shorten(text: &str, max: usize) -> String {
-    let one_line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if one_line.chars().count() <= max {
-        return one_line;
-    }
-    let mut cut: String = one_line.chars().take(max - 1).collect();
-    cut.push('…');
-    cut
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {
