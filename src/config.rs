@@ -187,6 +187,17 @@ pub struct LogSinkConfig {
     /// A segment file is closed and a new one started past this size.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: Size,
+    /// Closed segments whose newest record is older than this are deleted; `null` keeps
+    /// everything.
+    #[serde(default = "default_retention")]
+    pub retention: Option<Dur>,
+    /// Per partition: the oldest closed segments are deleted while the partition is larger.
+    #[serde(default)]
+    pub retention_bytes: Option<Size>,
+    /// The sink refuses writes (not ready, retriable `disk_full`) while the file system has
+    /// less free space than this, so a segment never hits a full disk; 0 turns it off.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: Size,
 }
 
 impl Default for LogSinkConfig {
@@ -195,8 +206,19 @@ impl Default for LogSinkConfig {
             dir: default_log_dir(),
             fsync: FsyncPolicy::default(),
             segment_bytes: default_segment_bytes(),
+            retention: default_retention(),
+            retention_bytes: None,
+            min_free_bytes: default_min_free_bytes(),
         }
     }
+}
+
+fn default_retention() -> Option<Dur> {
+    Some(Dur(Duration::from_secs(7 * 24 * 3600)))
+}
+
+fn default_min_free_bytes() -> Size {
+    Size(64 * 1024 * 1024)
 }
 
 fn default_log_dir() -> PathBuf {
@@ -937,6 +959,20 @@ impl Config {
                 self.sink.log.segment_bytes.0
             ));
         }
+        if self.sink.log.retention.is_some_and(|r| r.0.is_zero()) {
+            problems.push(
+                "sink.log.retention: must be longer than 0s (default 7d); write `null` to keep every segment"
+                    .to_owned(),
+            );
+        }
+        if let Some(bytes) = self.sink.log.retention_bytes
+            && bytes.0 < self.sink.log.segment_bytes.0
+        {
+            problems.push(format!(
+                "sink.log.retention_bytes: {} bytes is less than one segment (sink.log.segment_bytes {}); raise it or lower segment_bytes",
+                bytes.0, self.sink.log.segment_bytes.0
+            ));
+        }
         if self.sink.log.dir.exists() && !self.sink.log.dir.is_dir() {
             problems.push(format!(
                 "sink.log.dir: {} exists and is not a directory",
@@ -1173,6 +1209,33 @@ mod tests {
         assert_eq!(c.partitions("anything"), 4);
         assert!(c.sources.is_empty());
         assert!(parse("").is_ok());
+    }
+
+    #[test]
+    fn log_retention_and_free_space_settings() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c.sink.log.retention,
+            Some(Dur(Duration::from_secs(7 * 86_400)))
+        );
+        assert_eq!(c.sink.log.retention_bytes, None);
+        assert_eq!(c.sink.log.min_free_bytes, Size(64 << 20));
+        let c = parse("sink: {log: {retention: null, retention_bytes: 1GiB, min_free_bytes: 0}}")
+            .unwrap();
+        assert_eq!(c.sink.log.retention, None);
+        assert_eq!(c.sink.log.retention_bytes, Some(Size(1 << 30)));
+        assert_eq!(c.sink.log.min_free_bytes, Size(0));
+        let err = parse("sink: {log: {retention: 0s, retention_bytes: 1KiB}}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sink.log.retention: must be longer than 0s"),
+            "{err}"
+        );
+        assert!(
+            err.contains("sink.log.retention_bytes: 1024 bytes is less than one segment"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod dedupe;
 pub mod delivery;
 pub mod dlq;
+pub mod dlq_admin;
 pub mod http;
 pub mod manager;
 pub mod mode;

@@ -96,6 +96,60 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// List or replay the dead letters in the local log's firestream-dlq.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Show dead letters (newest last) and their counts by stage.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// How many to show, the newest (counts cover all that match).
+        #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 50)]
+        lines: usize,
+        /// One JSON object per line (the stored dead letter with partition and offset).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters that carry a whole record back to their topic, each once.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Show what would be replayed; send and remember nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args)]
+struct DlqFilter {
+    /// Only dead letters of this stage.
+    #[arg(long, value_parser = ["fetch", "parse", "validate", "queue", "deliver", "shutdown"])]
+    stage: Option<String>,
+    /// Only dead letters of this source id.
+    #[arg(long, value_name = "ID")]
+    source: Option<String>,
+}
+
+impl DlqFilter {
+    fn into_filter(self) -> firestream::dlq_admin::Filter {
+        firestream::dlq_admin::Filter {
+            stage: self
+                .stage
+                .as_deref()
+                .and_then(firestream::dlq_admin::parse_stage),
+            source: self.source,
+        }
+    }
 }
 
 /// An error that is the user's input, not a failure: exit code 2.
@@ -225,6 +279,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             tail(&config.sink.log.dir, &topic, &options)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { action } => dlq(action),
+    }
+}
+
+fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
+    use firestream::dlq_admin;
+    match action {
+        DlqAction::List {
+            config,
+            filter,
+            lines,
+            json,
+        } => {
+            let config = load(&config.config)?;
+            dlq_admin::print_list(&config, &filter.into_filter(), lines, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Replay {
+            config,
+            filter,
+            dry_run,
+        } => {
+            let config = load(&config.config)?;
+            init_logging(&config);
+            let summary =
+                runtime()?.block_on(dlq_admin::replay(&config, &filter.into_filter(), dry_run))?;
+            dlq_admin::print_replay(&summary);
+            Ok(if summary.not_stored > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

@@ -462,7 +462,7 @@ impl StreamManager {
             let stop = stop.child_token();
             let span = tracing::info_span!("stream", stream = %id);
             streams.spawn(async move {
-                match recover_source(&checkpoints, info, &stop).instrument(span.clone()).await {
+                match recover_source(&checkpoints, info, &stop, true).instrument(span.clone()).await {
                     Ok(Some(_)) => stream.run(stop).await,
                     Ok(None) => {}
                     Err(e) => {
@@ -590,7 +590,7 @@ impl StreamManager {
             topics: vec![router.topic(&id, source.source_type).to_string()],
         };
         if let Some(checkpoints) = &self.checkpoints {
-            match recover_source(checkpoints, info, &shutdown).await {
+            match recover_source(checkpoints, info, &shutdown, false).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     let _ = self.sink.close().await;
@@ -646,12 +646,14 @@ impl StreamManager {
 
 /// Restores a source's dedupe window and file cursor (see [`crate::checkpoint`]) before it
 /// starts. While its store or topics cannot be read (a Kafka partition without a leader),
-/// it tries again until it can, or until `shutdown` (then `None`: the source must not
-/// start): starting without it could send records twice. Other sources do not wait for it.
+/// it tries again (with `retry`: a running service) until it can, or until `shutdown` (then
+/// `None`: the source must not start): starting without it could send records twice. Other
+/// sources do not wait for it. A one-shot ingest fails instead.
 async fn recover_source(
     checkpoints: &Arc<Checkpoints>,
     source: SourceInfo,
     shutdown: &CancellationToken,
+    retry: bool,
 ) -> Result<Option<Recovery>, CheckpointError> {
     let mut wait = Duration::from_secs(1);
     loop {
@@ -668,6 +670,7 @@ async fn recover_source(
                 return Ok(Some(recovery));
             }
             Err(e @ CheckpointError::Corrupt { .. }) => return Err(e),
+            Err(e) if !retry => return Err(e),
             Err(e) => {
                 warn!(error = %e, retry_in_s = wait.as_secs(), "cannot recover yet; the source waits");
                 tokio::select! {

@@ -105,14 +105,11 @@ impl Router {
     pub fn route_with_receipt(&self, record: &Record, receipt: Option<Receipt>) -> Vec<Message> {
         let topic = self.topic(&record.source_id, record.source_type);
         let payload = record.to_json();
-        let id = record.id.to_string();
-        let headers = vec![
-            ("firestream-source-id", record.source_id.to_string()),
-            ("firestream-kind", record.kind.as_str().to_owned()),
-            ("firestream-schema", SCHEMA.to_owned()),
-            ("firestream-id", id),
-            ("content-type", "application/json".to_owned()),
-        ];
+        let headers = record_headers(
+            &record.source_id,
+            record.kind.as_str(),
+            &record.id.to_string(),
+        );
         let origin = |copy| Origin::Record {
             id: record.id,
             source_id: record.source_id.clone(),
@@ -165,6 +162,18 @@ impl Router {
             origin: Origin::DeadLetter { stage: dead.stage },
         }
     }
+}
+
+/// The headers of a record's message (DESIGN §3); `dlq replay` gives a replayed envelope
+/// the same ones.
+pub fn record_headers(source_id: &str, kind: &str, id: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("firestream-source-id", source_id.to_owned()),
+        ("firestream-kind", kind.to_owned()),
+        ("firestream-schema", SCHEMA.to_owned()),
+        ("firestream-id", id.to_owned()),
+        ("content-type", "application/json".to_owned()),
+    ]
 }
 
 #[cfg(test)]

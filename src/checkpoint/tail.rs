@@ -78,6 +78,11 @@ impl LogTail {
 
 impl TailSource for LogTail {
     fn partitions(&self, topic: &str) -> Result<Vec<u32>, CheckpointError> {
+        let topic_dir = self.dir.join(topic);
+        if topic_dir.exists() && !topic_dir.is_dir() {
+            // Not a topic (the sink refuses to write there): it holds no records.
+            return Ok(Vec::new());
+        }
         match reader::partitions(&self.dir, topic) {
             Ok(partitions) => Ok(partitions),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -98,7 +103,7 @@ impl TailSource for LogTail {
             let mut partition_reader = PartitionReader::new(&topic_dir, partition);
             let (from_offset, from_time) = match start {
                 StartAt::Offset(offset) => {
-                    partition_reader.seek_segment(offset).map_err(io)?;
+                    partition_reader.seek(offset).map_err(io)?;
                     (offset, i64::MIN)
                 }
                 StartAt::Time(t) => (0, t),

@@ -113,16 +113,14 @@ impl RecordId {
         &self.0
     }
 
-    /// Parses the 32 hex digits of [`Display`](fmt::Display) (the `firestream-id` header).
+    /// Parses the 32 hex digits of [`Display`](fmt::Display) back (a stored envelope's `id`).
     pub fn from_hex(text: &str) -> Option<Self> {
-        let bytes = text.as_bytes();
-        if bytes.len() != 32 {
+        if text.len() != 32 || !text.is_ascii() {
             return None;
         }
         let mut id = [0u8; 16];
-        for (i, pair) in bytes.chunks(2).enumerate() {
-            let pair = std::str::from_utf8(pair).ok()?;
-            id[i] = u8::from_str_radix(pair, 16).ok()?;
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
         }
         Some(RecordId(id))
     }
@@ -303,6 +301,9 @@ mod tests {
         let expected: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(id.to_string(), expected);
         assert_eq!(id.to_string().len(), 32);
+        assert_eq!(RecordId::from_hex(&expected), Some(id));
+        assert_eq!(RecordId::from_hex(&expected[1..]), None);
+        assert_eq!(RecordId::from_hex(&"zz".repeat(16)), None);
     }
 
     #[test]

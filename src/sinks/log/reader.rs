@@ -59,7 +59,9 @@ pub fn partitions(dir: &Path, topic: &str) -> io::Result<Vec<u32>> {
 }
 
 /// Reads one partition's lines in offset order across its segments, resuming where it
-/// stopped; at the end it can be polled again for lines appended since.
+/// stopped; at the end it can be polled again for lines appended since. A segment deleted
+/// by retention before or while it is read is skipped: reading continues at the oldest
+/// segment still there (the new log start), as a Kafka consumer's offset reset does.
 pub struct PartitionReader {
     dir: PathBuf,
     partition: u32,
@@ -84,31 +86,31 @@ impl PartitionReader {
         }
     }
 
-    /// Starts at the segment that holds `offset` (lines before it are still returned: the
-    /// caller skips them). Segments are named by their first offset, as in Kafka.
-    pub fn seek_segment(&mut self, offset: u64) -> io::Result<()> {
-        let segments = match list_segments(&self.dir) {
-            Ok(segments) => segments,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        self.segment = segments.iter().rev().find(|&&b| b <= offset).copied();
-        self.position = 0;
-        self.reader = None;
-        Ok(())
-    }
-
-    /// A reader whose first entry is the one at `offset` (or the first stored after it):
-    /// it starts in the segment holding `offset` and skips the lines before it.
+    /// A reader whose first entry is the one at `offset` (or the first stored after it).
     pub fn starting_at(topic_dir: &Path, partition: u32, offset: u64) -> io::Result<Self> {
         let mut reader = PartitionReader::new(topic_dir, partition);
-        reader.skip_below = offset;
-        reader.segment = match list_segments(&reader.dir) {
-            Ok(segments) => segments.into_iter().rev().find(|&b| b <= offset),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        reader.seek(offset)?;
+        Ok(reader)
+    }
+
+    /// Starts reading at `offset` (a consumer group's committed offset, a checkpoint's); an
+    /// offset below the log start, deleted by retention, starts at the log start.
+    pub fn seek(&mut self, offset: u64) -> io::Result<()> {
+        let segments = match list_segments(&self.dir) {
+            Ok(segments) => segments,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        Ok(reader)
+        self.segment = segments
+            .iter()
+            .rev()
+            .find(|&&base| base <= offset)
+            .or(segments.first())
+            .copied();
+        self.position = 0;
+        self.reader = None;
+        self.skip_below = offset;
+        Ok(())
     }
 
     /// The next complete line, or `None` when there is nothing more for now.
@@ -147,20 +149,47 @@ impl PartitionReader {
 
     /// Opens the current segment (or the first one); false when the partition has none yet.
     fn open_next(&mut self) -> io::Result<bool> {
-        let base = match self.segment {
-            Some(base) => base,
-            None => match list_segments(&self.dir) {
-                Ok(segments) if !segments.is_empty() => segments[0],
-                Ok(_) => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        loop {
+            let segments = || match list_segments(&self.dir) {
+                Ok(segments) => Ok(segments),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(e),
+            };
+            let base = match self.segment {
+                Some(base) => base,
+                None => match segments()?.first() {
+                    Some(&first) => first,
+                    None => return Ok(false),
+                },
+            };
+            match File::open(self.dir.join(segment_name(base))) {
+                Ok(mut file) => {
+                    file.seek(SeekFrom::Start(self.position))?;
+                    self.segment = Some(base);
+                    self.reader = Some(BufReader::new(file));
+                    return Ok(true);
+                }
+                // Deleted by retention: go on at the oldest segment after it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let next = segments()?.into_iter().find(|&b| b > base);
+                    tracing::debug!(
+                        partition = self.partition,
+                        segment = base,
+                        ?next,
+                        "segment deleted while reading; moving on"
+                    );
+                    self.position = 0;
+                    match next {
+                        Some(next) => self.segment = Some(next),
+                        None => {
+                            self.segment = None;
+                            return Ok(false);
+                        }
+                    }
+                }
                 Err(e) => return Err(e),
-            },
-        };
-        let mut file = File::open(self.dir.join(segment_name(base)))?;
-        file.seek(SeekFrom::Start(self.position))?;
-        self.segment = Some(base);
-        self.reader = Some(BufReader::new(file));
-        Ok(true)
+            }
+        }
     }
 }
 
@@ -370,6 +399,38 @@ mod tests {
             r.next_entry().unwrap().map(|e| (e.partition, e.offset)),
             Some((0, 3))
         );
+    }
+
+    #[test]
+    fn segments_deleted_before_or_while_reading_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p0 = dir.path().join("t/0");
+        fs::create_dir_all(&p0).unwrap();
+        fs::write(p0.join(segment_name(0)), line(0, 1) + &line(1, 2)).unwrap();
+        fs::write(p0.join(segment_name(2)), line(2, 3) + &line(3, 4)).unwrap();
+        fs::write(p0.join(segment_name(4)), line(4, 5)).unwrap();
+        let mut r = PartitionReader::new(&dir.path().join("t"), 0);
+        assert_eq!(r.next_entry().unwrap().unwrap().offset, 0);
+        // Retention deletes the segment being read and the next one: the open file still
+        // reads to its end, then the reader continues at the oldest segment left.
+        fs::remove_file(p0.join(segment_name(0))).unwrap();
+        fs::remove_file(p0.join(segment_name(2))).unwrap();
+        assert_eq!(r.next_entry().unwrap().unwrap().offset, 1);
+        assert_eq!(r.next_entry().unwrap().unwrap().offset, 4);
+        assert_eq!(r.next_entry().unwrap(), None);
+
+        // A committed offset below the log start starts at the log start; one inside a
+        // segment starts at that line.
+        fs::write(p0.join(segment_name(5)), line(5, 6) + &line(6, 7)).unwrap();
+        let mut r = PartitionReader::new(&dir.path().join("t"), 0);
+        r.seek(1).unwrap();
+        let offsets: Vec<u64> = std::iter::from_fn(|| r.next_entry().unwrap())
+            .map(|e| e.offset)
+            .collect();
+        assert_eq!(offsets, vec![4, 5, 6]);
+        r.seek(6).unwrap();
+        assert_eq!(r.next_entry().unwrap().unwrap().offset, 6);
+        assert_eq!(r.next_entry().unwrap(), None);
     }
 
     #[test]

@@ -31,11 +31,25 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
 pub struct PartitionWriter {
     dir: PathBuf,
     file: BufWriter<File>,
+    /// Base offset of the active segment.
+    base: u64,
     size: u64,
     next_offset: u64,
     /// A segment file was created since the last sync: the directory entry must be synced too.
     created: bool,
+    /// A segment was closed since [`Self::take_rolled`] was last called (retention may run).
+    rolled: bool,
+    /// Where the current batch began, to undo it if a write fails.
+    mark: Option<Mark>,
     line: Vec<u8>,
+}
+
+/// The partition's state before a batch: active segment and its size, next offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    base: u64,
+    size: u64,
+    next_offset: u64,
 }
 
 impl PartitionWriter {
@@ -58,11 +72,59 @@ impl PartitionWriter {
         Ok(PartitionWriter {
             dir: dir.to_owned(),
             file: BufWriter::with_capacity(256 * 1024, file),
+            base,
             size,
             next_offset: last_offset.map_or(base, |o| o + 1),
             created,
+            rolled: false,
+            mark: None,
             line: Vec::with_capacity(4096),
         })
+    }
+
+    /// Remembers the state before a batch, so [`Self::rollback`] can undo all of it.
+    pub fn begin(&mut self) {
+        if self.mark.is_none() {
+            self.mark = Some(Mark {
+                base: self.base,
+                size: self.size,
+                next_offset: self.next_offset,
+            });
+        }
+    }
+
+    /// The batch is on disk (flushed): nothing to undo any more.
+    pub fn commit(&mut self) {
+        self.mark = None;
+    }
+
+    /// Whether a segment was closed since the last call.
+    pub fn take_rolled(&mut self) -> bool {
+        std::mem::take(&mut self.rolled)
+    }
+
+    /// A write of the batch failed (disk full, I/O error): puts the partition back as it
+    /// was before [`Self::begin`] — segments created since are removed, the segment active
+    /// then is truncated to its size then, which ends with a complete line — so no half
+    /// line and no record reported as failed stays in the log. Consumes the writer: its
+    /// buffered bytes are discarded, not written.
+    pub fn rollback(self) -> io::Result<()> {
+        let (file, _unwritten) = self.file.into_parts();
+        drop(file);
+        let Some(mark) = self.mark else {
+            return Ok(());
+        };
+        for base in list_segments(&self.dir)? {
+            if base > mark.base {
+                fs::remove_file(self.dir.join(segment_name(base)))?;
+            }
+        }
+        let path = self.dir.join(segment_name(mark.base));
+        let file = OpenOptions::new().write(true).open(&path)?;
+        file.set_len(mark.size)?;
+        file.sync_data()?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
     }
 
     /// Appends one message; returns its offset. Data is buffered until [`Self::flush`].
@@ -97,8 +159,10 @@ impl PartitionWriter {
             .append(true)
             .open(&path)?;
         self.file = BufWriter::with_capacity(256 * 1024, file);
+        self.base = base;
         self.size = 0;
         self.created = true;
+        self.rolled = true;
         Ok(())
     }
 
@@ -150,20 +214,7 @@ fn recover(file: &mut File, path: &Path) -> io::Result<(u64, Option<u64>)> {
     let mut content = Vec::new();
     file.seek(SeekFrom::Start(0))?;
     file.read_to_end(&mut content)?;
-    let complete = content
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    if complete < content.len() {
-        tracing::warn!(
-            segment = %path.display(),
-            kept_bytes = complete,
-            dropped_bytes = content.len() - complete,
-            "truncating a partial line left by an interrupted write (it was never acknowledged)"
-        );
-        file.set_len(complete as u64)?;
-        file.sync_data()?;
-    }
+    let complete = repair_tail(file, path, &content)?;
     let last_line = content[..complete]
         .strip_suffix(b"\n")
         .and_then(|body| body.rsplit(|&b| b == b'\n').next())
@@ -188,6 +239,26 @@ fn recover(file: &mut File, path: &Path) -> io::Result<(u64, Option<u64>)> {
         }
     };
     Ok((complete as u64, last_offset))
+}
+
+/// Truncates a segment whose `content` ends in a half-written line (a crash or a failed
+/// write mid-line) back to its last complete line, and logs it. Returns the length kept.
+fn repair_tail(file: &File, path: &Path, content: &[u8]) -> io::Result<usize> {
+    let complete = content
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    if complete < content.len() {
+        tracing::warn!(
+            segment = %path.display(),
+            kept_bytes = complete,
+            dropped_bytes = content.len() - complete,
+            "truncating a partial line left by an interrupted write (it was never acknowledged)"
+        );
+        file.set_len(complete as u64)?;
+        file.sync_data()?;
+    }
+    Ok(complete)
 }
 
 #[cfg(test)]
@@ -271,6 +342,56 @@ mod tests {
             text.lines()
                 .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
         );
+    }
+
+    #[test]
+    fn half_written_last_line_is_cut_back_to_the_last_complete_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_name(0));
+        let whole = "{\"offset\":0,\"timestamp\":1,\"key\":\"k\",\"headers\":{},\"value\":{}}\n";
+        fs::write(&path, format!("{whole}{{\"offset\":1,\"timestamp\":2,\"ke")).unwrap();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        assert_eq!(
+            recover(&mut file, &path).unwrap(),
+            (whole.len() as u64, Some(0))
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), whole);
+        // Nothing but a partial line: the segment becomes empty.
+        fs::write(&path, "{\"offset\":0,\"times").unwrap();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        assert_eq!(recover(&mut file, &path).unwrap(), (0, None));
+        assert_eq!(fs::read_to_string(&path).unwrap(), "");
+    }
+
+    #[test]
+    fn rollback_undoes_a_failed_batch_across_a_roll() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PartitionWriter::open(dir.path()).unwrap();
+        w.begin();
+        append(&mut w, 0, 200);
+        w.flush(true).unwrap();
+        w.commit();
+        let kept = fs::read(dir.path().join(segment_name(0))).unwrap();
+        // The next batch rolls into new segments, some of it reaches the file, then fails.
+        w.begin();
+        for n in 1..6 {
+            append(&mut w, n, 200);
+        }
+        assert!(list_segments(dir.path()).unwrap().len() > 1);
+        w.rollback().unwrap();
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![0]);
+        assert_eq!(fs::read(dir.path().join(segment_name(0))).unwrap(), kept);
+        // The partition continues at the first offset of the failed batch.
+        let mut w = PartitionWriter::open(dir.path()).unwrap();
+        assert_eq!(append(&mut w, 1, 1 << 20), 1);
     }
 
     #[test]
