@@ -47,6 +47,12 @@ impl Delivery {
     /// gives back what it has not sent and whatever is still queued goes to the DLQ with
     /// `stage: shutdown`.
     pub async fn run(self, deadline: CancellationToken) {
+        // Records the queue drops become dead letters routed like the records they were.
+        self.queue.set_dropper(crate::queue::Dropper::new(
+            self.router.clone(),
+            self.dedupe.clone(),
+            self.stats.clone(),
+        ));
         let abort = {
             let sink = self.sink.clone();
             let deadline = deadline.clone();
@@ -277,8 +283,12 @@ impl Delivery {
     /// A dead letter no sink would store: the one place a record can be lost, so say it
     /// loudly and keep the whole dead letter in the log line.
     fn lost(&self, message: &Message, reason: &str) {
-        let stage = match message.origin {
-            Origin::DeadLetter { stage } => stage,
+        let stage = match &message.origin {
+            Origin::DeadLetter { stage, receipt } => {
+                // A dropped record whose dead letter is lost stays unacknowledged upstream.
+                receipt.iter().for_each(Receipt::abandon);
+                *stage
+            }
             Origin::Record { .. } => Stage::Deliver,
         };
         self.stats

@@ -16,6 +16,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::buffer::Buffer;
 use crate::dedupe::Dedupe;
 use crate::dlq::{DeadLetter, Stage};
 use crate::http::{BreakerState, CircuitBreaker, FetchError};
@@ -59,6 +60,8 @@ pub struct Stream {
     pub priority: PriorityPolicy,
     pub dedupe: Arc<Dedupe>,
     pub queue: Arc<Queue>,
+    /// `continuous_streaming`: holds records on their way to the queue.
+    pub buffer: Option<Arc<Buffer>>,
     pub stats: Arc<Stats>,
 }
 
@@ -75,15 +78,32 @@ impl Stream {
     /// Polls on the mode's schedule until cancelled.
     pub async fn run(mut self, cancel: CancellationToken) {
         let span = info_span!("stream", stream = %self.id, source_type = %self.source_type, mode = self.mode.name());
+        // The buffer's timer stops (flushing what is held) when the stream stops.
+        let stop_timer = cancel.child_token();
+        let timer = self.buffer.clone().map(|buffer| {
+            tokio::spawn(
+                buffer
+                    .run_timer(stop_timer.clone())
+                    .instrument(span.clone()),
+            )
+        });
+        let flushed = async move {
+            stop_timer.cancel();
+            if let Some(timer) = timer {
+                let _ = timer.await;
+            }
+        };
         if let Transport::Mqtt(mqtt) = self.transport {
             let intake = Intake {
                 stream_id: self.id.clone(),
                 priority: self.priority,
                 dedupe: self.dedupe.clone(),
                 queue: self.queue.clone(),
+                buffer: self.buffer.clone(),
                 stats: self.stats.clone(),
             };
-            return mqtt.run(intake, cancel).instrument(span).await;
+            mqtt.run(intake, cancel).instrument(span).await;
+            return flushed.await;
         }
         async move {
             let Some(mut ticker) = self.mode.ticker() else {
@@ -98,6 +118,7 @@ impl Stream {
                 }
                 self.poll_once(&cancel).await;
             }
+            flushed.await;
             info!("stream stopped");
         }
         .instrument(span)
@@ -130,6 +151,7 @@ impl Stream {
             priority: self.priority,
             dedupe: self.dedupe.clone(),
             queue: self.queue.clone(),
+            buffer: self.buffer.clone(),
             stats: self.stats.clone(),
             stream_stats: stream_stats.clone(),
             cancel: cancel.clone(),
@@ -498,6 +520,7 @@ struct PayloadJob {
     priority: PriorityPolicy,
     dedupe: Arc<Dedupe>,
     queue: Arc<Queue>,
+    buffer: Option<Arc<Buffer>>,
     stats: Arc<Stats>,
     stream_stats: Arc<StreamStats>,
     cancel: CancellationToken,
@@ -557,7 +580,11 @@ impl PayloadJob {
                         return true;
                     }
                     let id = record.id;
-                    match runtime.block_on(self.queue.push(*record)) {
+                    let pushed = match &self.buffer {
+                        Some(buffer) => runtime.block_on(buffer.push(*record)),
+                        None => runtime.block_on(self.queue.push(*record)),
+                    };
+                    match pushed {
                         Ok(()) => {
                             self.stream_stats.enqueued.fetch_add(1, Relaxed);
                         }

@@ -445,6 +445,7 @@ fn direct(yaml: &str) -> Direct {
         },
         dedupe: Arc::new(Dedupe::new(Duration::from_secs(60))),
         queue: queue.clone(),
+        buffer: None,
         stats: stats.clone(),
     };
     let cancel = CancellationToken::new();
