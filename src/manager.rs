@@ -359,6 +359,11 @@ impl StreamManager {
             None => Ok(()),
             Some(detail) => {
                 let left = self.queue.drain();
+                // Not delivered nor dead-lettered: upstream must not be acknowledged.
+                let dropped = left.dead_letters.iter().filter_map(|d| d.receipt.as_ref());
+                for receipt in left.receipts.iter().flatten().chain(dropped) {
+                    receipt.abandon();
+                }
                 Err(ManagerError::DeliveryFailed {
                     detail,
                     queued: left.records.len() + left.dead_letters.len(),
