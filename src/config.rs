@@ -247,10 +247,17 @@ pub struct SourceConfig {
     pub source_type: SourceType,
     #[serde(default)]
     pub mode: ModeKind,
-    /// `real_time`: time between polls.
+    /// `real_time` and polled `continuous_streaming`: time between polls.
     pub interval: Option<Dur>,
     /// `batch`: when to fetch.
     pub schedule: Option<Schedule>,
+    /// What a full queue does to this source's records (default `queue.overflow`; file
+    /// sources always block).
+    pub overflow: Option<Overflow>,
+    /// `continuous_streaming`: records held before they go to the queue (default 500).
+    pub buffer_size: Option<usize>,
+    /// `continuous_streaming`: longest a record waits in the buffer (default 1s).
+    pub buffer_flush_interval: Option<Dur>,
     /// File transport: globs, relative to the config file; plain or gzip.
     #[serde(default)]
     pub paths: Vec<String>,
@@ -472,12 +479,19 @@ pub enum ModeKind {
     RealTime,
     /// Fetch a whole window on a `schedule`; records are `low` priority unless overridden.
     Batch,
+    /// Pushed (MQTT) or fast-polled records, buffered and flushed into the queue at
+    /// `buffer_size` records or `buffer_flush_interval`; records keep their priority.
+    ContinuousStreaming,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// A batch source's schedule: exactly one of `every` and `cron`.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
-    pub every: Dur,
+    /// Fetch at start, then every this long.
+    pub every: Option<Dur>,
+    /// A five-field cron expression (minute hour day-of-month month day-of-week), in UTC.
+    pub cron: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -486,21 +500,41 @@ pub struct QueueConfig {
     /// Records waiting for delivery across the high, normal and low lanes.
     #[serde(default = "default_max_records")]
     pub max_records: usize,
+    /// Estimated bytes waiting across the high, normal and low lanes (see
+    /// [`crate::queue::estimated_bytes`]).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: Size,
+    /// What a full queue does to a new record of a polled or pushed source (sources may
+    /// override it; file sources and `ingest` always block).
     #[serde(default)]
     pub overflow: Overflow,
     /// Extra room only `critical` records may use, so they never wait for bulk space.
     #[serde(default = "default_critical_reserve")]
     pub critical_reserve: usize,
+    /// Part of each bulk batch kept for each lower lane while a higher lane is busy, so
+    /// `low` never starves (0 = strict priority; at most 0.5).
+    #[serde(default = "default_starvation_share")]
+    pub starvation_share: f64,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             max_records: default_max_records(),
+            max_bytes: default_max_bytes(),
             overflow: Overflow::default(),
             critical_reserve: default_critical_reserve(),
+            starvation_share: default_starvation_share(),
         }
     }
+}
+
+fn default_max_bytes() -> Size {
+    Size(256 * 1024 * 1024)
+}
+
+fn default_starvation_share() -> f64 {
+    0.1
 }
 
 fn default_max_records() -> usize {
@@ -518,6 +552,21 @@ pub enum Overflow {
     /// The source waits until there is room: nothing is lost.
     #[default]
     Block,
+    /// Evict the oldest record of the lowest non-empty lane at or below the new record's
+    /// priority; with none, refuse the new one. Every drop is a DLQ record.
+    DropOldest,
+    /// Refuse the new record. Every refusal is a DLQ record.
+    DropNewest,
+}
+
+impl Overflow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overflow::Block => "block",
+            Overflow::DropOldest => "drop_oldest",
+            Overflow::DropNewest => "drop_newest",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -947,6 +996,15 @@ impl Config {
         if self.queue.max_records == 0 {
             problems.push("queue.max_records: must be at least 1".to_owned());
         }
+        if self.queue.max_bytes.0 == 0 {
+            problems.push("queue.max_bytes: must be at least 1 byte (default 256MiB)".to_owned());
+        }
+        let share = self.queue.starvation_share;
+        if !(0.0..=0.5).contains(&share) {
+            problems.push(format!(
+                "queue.starvation_share: {share} is outside 0..=0.5 (the part of a bulk batch kept for each lower lane; 0 = strict priority, default 0.1)"
+            ));
+        }
         if self.queue.critical_reserve == 0 {
             problems.push(
                 "queue.critical_reserve: must be at least 1 so critical records never wait for bulk space"
@@ -1074,44 +1132,72 @@ fn check_source(id: &str, s: &SourceConfig, problems: &mut Vec<String>) {
     }
     // An mqtt source is pushed by its broker: no interval or schedule (checked below).
     let polled = s.source_type != SourceType::Mqtt;
+    let check_interval = |mode: &str, problems: &mut Vec<String>| match s.interval {
+        None => problems.push(format!(
+            "{at}.interval: mode {mode} needs an interval, e.g. `interval: 5m`"
+        )),
+        Some(Dur(d)) if d < Duration::from_secs(1) => problems.push(format!(
+            "{at}.interval: {} is shorter than the 1s minimum",
+            Dur(d)
+        )),
+        _ => {}
+    };
     match s.mode {
         _ if !polled => {}
-        ModeKind::RealTime => {
-            match s.interval {
-                None => problems.push(format!(
-                    "{at}.interval: mode real_time needs an interval, e.g. `interval: 5m`"
-                )),
-                Some(Dur(d)) if d < Duration::from_secs(1) => problems.push(format!(
-                    "{at}.interval: {} is shorter than the 1s minimum",
-                    Dur(d)
-                )),
-                _ => {}
-            }
+        ModeKind::RealTime | ModeKind::ContinuousStreaming => {
+            let mode = if s.mode == ModeKind::RealTime {
+                "real_time"
+            } else {
+                "continuous_streaming"
+            };
+            check_interval(mode, problems);
             if s.schedule.is_some() {
                 problems.push(format!(
-                    "{at}.schedule: only for mode batch; real_time uses `interval`"
+                    "{at}.schedule: only for mode batch; {mode} uses `interval`"
                 ));
             }
         }
         ModeKind::Batch => {
-            match s.schedule {
+            match &s.schedule {
                 None => problems.push(format!(
-                    "{at}.schedule: mode batch needs a schedule, e.g. `schedule: {{every: 3h}}`"
+                    "{at}.schedule: mode batch needs a schedule, e.g. `schedule: {{every: 3h}}` or `schedule: {{cron: \"0 */3 * * *\"}}`"
                 )),
-                Some(Schedule { every: Dur(d) }) if d < Duration::from_secs(1) => {
-                    problems.push(format!(
-                        "{at}.schedule.every: {} is shorter than the 1s minimum",
-                        Dur(d)
-                    ))
-                }
-                _ => {}
+                Some(schedule) => check_schedule(&at, schedule, problems),
             }
             if s.interval.is_some() {
                 problems.push(format!(
-                    "{at}.interval: only for mode real_time; batch uses `schedule: {{every: …}}`"
+                    "{at}.interval: only for modes real_time and continuous_streaming; batch uses `schedule: {{every: …}}`"
                 ));
             }
         }
+    }
+    if s.mode != ModeKind::ContinuousStreaming {
+        for (field, set) in [
+            ("buffer_size", s.buffer_size.is_some()),
+            ("buffer_flush_interval", s.buffer_flush_interval.is_some()),
+        ] {
+            if set {
+                problems.push(format!("{at}.{field}: only for mode continuous_streaming"));
+            }
+        }
+    }
+    if s.buffer_size == Some(0) {
+        problems.push(format!(
+            "{at}.buffer_size: must be at least 1 (default 500)"
+        ));
+    }
+    if s.buffer_flush_interval.is_some_and(|d| d.0.is_zero()) {
+        problems.push(format!(
+            "{at}.buffer_flush_interval: must be longer than 0s (default 1s)"
+        ));
+    }
+    if !s.paths.is_empty()
+        && let Some(policy) = s.overflow.filter(|o| *o != Overflow::Block)
+    {
+        problems.push(format!(
+            "{at}.overflow: {} is not for file sources: a file is read to its end and nothing in it is fresher than the rest, so file sources always block; remove it",
+            policy.as_str()
+        ));
     }
     crate::transport::http::check_config(&at, s, problems);
     crate::sources::http::check_config(&at, s, problems);
@@ -1154,6 +1240,28 @@ fn check_source(id: &str, s: &SourceConfig, problems: &mut Vec<String>) {
         && (!frp.is_finite() || frp < 0.0)
     {
         problems.push(format!("{at}.high_frp_mw: {frp} must be a number ≥ 0"));
+    }
+}
+
+/// Exactly one of `every` and `cron`; `every` at least 1s; `cron` a valid expression.
+fn check_schedule(at: &str, schedule: &Schedule, problems: &mut Vec<String>) {
+    match (&schedule.every, &schedule.cron) {
+        (Some(_), Some(_)) => problems.push(format!(
+            "{at}.schedule: give either `every` or `cron`, not both"
+        )),
+        (None, None) => problems.push(format!(
+            "{at}.schedule: needs `every` (e.g. `every: 3h`) or `cron` (e.g. `cron: \"0 */3 * * *\"`)"
+        )),
+        (Some(Dur(d)), None) if *d < Duration::from_secs(1) => problems.push(format!(
+            "{at}.schedule.every: {} is shorter than the 1s minimum",
+            Dur(*d)
+        )),
+        (None, Some(expr)) => {
+            if let Err(e) = crate::mode::parse_cron(expr) {
+                problems.push(format!("{at}.schedule.cron: {e}"));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -1331,7 +1439,7 @@ topics:
         for expected in [
             "sources.bad id!: stream id must be",
             "sources.alerts.schedule: mode batch needs a schedule",
-            "sources.alerts.interval: only for mode real_time",
+            "sources.alerts.interval: only for modes real_time and continuous_streaming",
             "sources.alerts.high_frp_mw: only applies to type nasa_firms, not nws_alerts",
             "sources.obs.stations: list station ids",
             "sources.obs.topic: \"no spaces allowed\" is not a valid topic name",
@@ -1342,6 +1450,102 @@ topics:
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
         assert_eq!(problems.len(), 9, "{all}");
+    }
+
+    #[test]
+    fn queue_defaults_and_schedule_overflow_and_buffer_checks() {
+        let c = parse("").unwrap();
+        assert_eq!(c.queue.max_bytes, Size(256 * 1024 * 1024));
+        assert_eq!(c.queue.starvation_share, 0.1);
+        assert_eq!(c.queue.overflow, Overflow::Block);
+        let c = parse(
+            r#"
+queue: {max_bytes: 1MiB, overflow: drop_oldest, starvation_share: 0.25}
+sources:
+  alerts:
+    type: nws_alerts
+    area: CA
+    mode: batch
+    schedule: {cron: "0 */3 * * *"}
+    overflow: drop_newest
+  obs:
+    type: nws_observations
+    stations: [KSAC]
+    mode: continuous_streaming
+    interval: 5s
+    buffer_size: 100
+    buffer_flush_interval: 2s
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.queue.max_bytes, Size(1024 * 1024));
+        assert_eq!(c.queue.overflow, Overflow::DropOldest);
+        assert_eq!(c.sources["alerts"].overflow, Some(Overflow::DropNewest));
+        assert_eq!(
+            c.sources["alerts"]
+                .schedule
+                .as_ref()
+                .unwrap()
+                .cron
+                .as_deref(),
+            Some("0 */3 * * *")
+        );
+        assert_eq!(c.sources["obs"].mode, ModeKind::ContinuousStreaming);
+        assert_eq!(c.sources["obs"].buffer_size, Some(100));
+
+        let err = parse(
+            r#"
+queue: {starvation_share: 0.6, max_bytes: 0}
+sources:
+  both:
+    type: nws_alerts
+    area: CA
+    mode: batch
+    schedule: {every: 1h, cron: "0 * * * *"}
+  neither:
+    type: nws_alerts
+    area: CA
+    mode: batch
+    schedule: {}
+  bad_cron:
+    type: nws_alerts
+    area: CA
+    mode: batch
+    schedule: {cron: "0 */3 * *"}
+    buffer_size: 10
+  files:
+    type: nws_alerts
+    paths: ["alerts/*.json"]
+    interval: 1m
+    overflow: drop_oldest
+  stream:
+    type: nws_alerts
+    area: CA
+    mode: continuous_streaming
+    buffer_size: 0
+    buffer_flush_interval: 0s
+"#,
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &err else {
+            panic!("{err}")
+        };
+        let all = problems.join("\n");
+        for expected in [
+            "queue.starvation_share: 0.6 is outside 0..=0.5",
+            "queue.max_bytes: must be at least 1 byte",
+            "sources.both.schedule: give either `every` or `cron`, not both",
+            "sources.neither.schedule: needs `every` (e.g. `every: 3h`) or `cron`",
+            "sources.bad_cron.schedule.cron: \"0 */3 * *\" is not a cron expression (",
+            "sources.bad_cron.buffer_size: only for mode continuous_streaming",
+            "sources.files.overflow: drop_oldest is not for file sources",
+            "sources.stream.interval: mode continuous_streaming needs an interval",
+            "sources.stream.buffer_size: must be at least 1 (default 500)",
+            "sources.stream.buffer_flush_interval: must be longer than 0s (default 1s)",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert_eq!(problems.len(), 10, "{all}");
     }
 
     #[test]

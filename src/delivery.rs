@@ -53,6 +53,12 @@ impl Delivery {
     /// gives back what it has not sent and whatever is still queued goes to the DLQ with
     /// `stage: shutdown`.
     pub async fn run(self, deadline: CancellationToken) {
+        // Records the queue drops become dead letters routed like the records they were.
+        self.queue.set_dropper(crate::queue::Dropper::new(
+            self.router.clone(),
+            self.dedupe.clone(),
+            self.stats.clone(),
+        ));
         let abort = {
             let sink = self.sink.clone();
             let deadline = deadline.clone();
@@ -313,8 +319,12 @@ impl Delivery {
     /// A dead letter no sink would store: the one place a record can be lost, so say it
     /// loudly and keep the whole dead letter in the log line.
     fn lost(&self, message: &Message, reason: &str) {
-        let stage = match message.origin {
-            Origin::DeadLetter { stage } => stage,
+        let stage = match &message.origin {
+            Origin::DeadLetter { stage, receipt } => {
+                // A dropped record whose dead letter is lost stays unacknowledged upstream.
+                receipt.iter().for_each(Receipt::abandon);
+                *stage
+            }
             Origin::Record { .. } => Stage::Deliver,
         };
         self.stats
@@ -598,5 +608,81 @@ mod tests {
         assert_eq!(h.stats.dlq_write_failures.load(Ordering::Relaxed), 1);
         h.queue.close();
         h.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_record_the_queue_drops_is_acknowledged_only_once_its_dead_letter_is_stored() {
+        for store in [true, false] {
+            let config = Config::parse("", Path::new("t.yaml")).unwrap();
+            let queue = Arc::new(Queue::new(1, 10));
+            queue.set_overflow("iot", crate::config::Overflow::DropNewest);
+            let sink = Arc::new(GatedSink {
+                refuse_dead: !store,
+                ..GatedSink::default()
+            });
+            let stats = Arc::new(Stats::default());
+            let delivery = Delivery {
+                queue: queue.clone(),
+                router: Arc::new(Router::new(&config)),
+                sink: sink.clone(),
+                dlq_fallback: None,
+                stats: stats.clone(),
+                dedupe: Arc::new(DedupeRegistry::new(Duration::from_secs(60))),
+                ledger: Arc::default(),
+                throttle: None,
+            };
+            let task = tokio::spawn(delivery.run(CancellationToken::new()));
+            let h = Harness {
+                queue: queue.clone(),
+                sink: sink.clone(),
+                stats: stats.clone(),
+                task,
+            };
+            // Fill every in-flight slot with a held batch, then the one queue slot.
+            for n in 0..MAX_IN_FLIGHT as u32 {
+                h.queue.push(reading(n, Priority::Normal)).await.unwrap();
+                for _ in 0..200 {
+                    if h.sink.gates.lock().unwrap().len() > n as usize {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            h.queue.push(reading(90, Priority::Normal)).await.unwrap();
+            let (receipt, fired) = crate::receipt::tests::counted();
+            let pending = receipt.downgrade();
+            h.queue
+                .push_with_receipt(reading(91, Priority::Normal), receipt)
+                .await
+                .unwrap();
+            assert_eq!(h.queue.depth().dead_letters, 1);
+            assert_eq!(h.stats.dead_letters()[&Stage::Queue], 1);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            assert_eq!(
+                fired.load(Ordering::SeqCst),
+                0,
+                "its dead letter is not stored yet"
+            );
+            // Release the held batches, then the one carrying the dead letter.
+            for _ in 0..=MAX_IN_FLIGHT {
+                h.release(store).await;
+            }
+            for _ in 0..200 {
+                if pending.is_resolved() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(pending.is_resolved());
+            // Stored: acknowledged. Lost (no sink stores it): never acknowledged.
+            assert_eq!(fired.load(Ordering::SeqCst), usize::from(store));
+            h.queue.close();
+            while !h.task.is_finished() {
+                if let Some(gate) = h.sink.gates.lock().unwrap().pop() {
+                    let _ = gate.send(store);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
     }
 }

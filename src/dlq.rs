@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::receipt::Receipt;
 use crate::record::serialize_millis;
 
 /// The DLQ topic, in the same sink as the data.
@@ -87,6 +88,10 @@ pub struct DeadLetter {
     pub record: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_excerpt: Option<String>,
+    /// The receipt of the record this dead letter stands for (a record the queue dropped):
+    /// released once the dead letter is stored, abandoned when no sink stores it.
+    #[serde(skip)]
+    pub receipt: Option<Receipt>,
 }
 
 impl DeadLetter {
@@ -110,6 +115,7 @@ impl DeadLetter {
             key: None,
             record: None,
             raw_excerpt: Some(truncate(raw_excerpt, MAX_RAW_BYTES)),
+            receipt: None,
         }
     }
 
@@ -147,6 +153,7 @@ impl DeadLetter {
             key: Some(key),
             record,
             raw_excerpt,
+            receipt: None,
         }
     }
 

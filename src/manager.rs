@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
+use crate::buffer::Buffer;
 use crate::checkpoint::{CheckpointError, Checkpoints, OffsetLedger, Recovery, SourceInfo};
 use crate::config::SinkKind;
 use crate::config::{Config, SourceConfig};
@@ -18,7 +19,7 @@ use crate::delivery::Delivery;
 use crate::dlq::Stage;
 use crate::http::{ApiClients, CircuitBreaker};
 use crate::mode::{Mode, PriorityPolicy};
-use crate::queue::Queue;
+use crate::queue::{Queue, QueueSettings};
 use crate::router::Router;
 use crate::sinks::{self, Readiness, Sink, SinkError};
 use crate::sources::{self, SourceType};
@@ -169,6 +170,7 @@ impl Report {
             t.duplicates += s.duplicates;
             t.invalid += s.invalid;
             t.enqueued += s.enqueued;
+            t.dropped += s.dropped;
             t.payload_errors += s.payload_errors;
             t.polls_ok += s.polls_ok;
             t.polls_failed += s.polls_failed;
@@ -236,10 +238,7 @@ impl StreamManager {
             clients: Arc::new(ApiClients::new(&config.http)?),
             started_with: sink.readiness(),
             dlq_fallback: None,
-            queue: Arc::new(Queue::new(
-                config.queue.max_records,
-                config.queue.critical_reserve,
-            )),
+            queue: Arc::new(Queue::with_settings(QueueSettings::of(&config.queue))),
             dedupe: Arc::new(DedupeRegistry::new(config.dedupe.window.0)),
             stats,
             ledger: Arc::default(),
@@ -290,6 +289,11 @@ impl StreamManager {
     /// A configured source's stream, on the transport its config names.
     fn configured_stream(&self, id: &str, source: &SourceConfig) -> Result<Stream, ManagerError> {
         let mode = Mode::of(source);
+        // Polled and pushed sources may drop on overflow; file sources always block.
+        if source.paths.is_empty() {
+            let policy = source.overflow.unwrap_or(self.config.queue.overflow);
+            self.queue.set_overflow(id, policy);
+        }
         if source.source_type == SourceType::Mqtt {
             let mqtt = MqttTransport::new(
                 Arc::from(id),
@@ -324,6 +328,11 @@ impl StreamManager {
         transport: Transport,
     ) -> Stream {
         let id: Arc<str> = Arc::from(id);
+        let dedupe = self.dedupe.for_type(source.source_type);
+        let buffer = mode
+            .buffer()
+            .map(|settings| Arc::new(Buffer::new(settings, self.queue.clone(), dedupe.clone())));
+        let bulk = mode.is_bulk();
         Stream {
             parser: sources::build_parser(id.clone(), source),
             id,
@@ -332,10 +341,11 @@ impl StreamManager {
             transport,
             priority: PriorityPolicy {
                 source_override: source.priority,
-                bulk: mode.is_bulk(),
+                bulk,
             },
-            dedupe: self.dedupe.for_type(source.source_type),
+            dedupe,
             queue: self.queue.clone(),
+            buffer,
             stats: self.stats.clone(),
             files: None,
         }
@@ -421,6 +431,11 @@ impl StreamManager {
             None => Ok(()),
             Some(detail) => {
                 let left = self.queue.drain();
+                // Not delivered nor dead-lettered: upstream must not be acknowledged.
+                let dropped = left.dead_letters.iter().filter_map(|d| d.receipt.as_ref());
+                for receipt in left.receipts.iter().flatten().chain(dropped) {
+                    receipt.abandon();
+                }
                 Err(ManagerError::DeliveryFailed {
                     detail,
                     queued: left.records.len() + left.dead_letters.len(),

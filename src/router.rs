@@ -159,7 +159,10 @@ impl Router {
             timestamp_ms: dead.failed_at.timestamp_millis(),
             headers,
             payload: dead.to_json(),
-            origin: Origin::DeadLetter { stage: dead.stage },
+            origin: Origin::DeadLetter {
+                stage: dead.stage,
+                receipt: dead.receipt.clone(),
+            },
         }
     }
 }

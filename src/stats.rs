@@ -19,6 +19,9 @@ pub struct StreamStats {
     pub invalid: AtomicU64,
     /// Records handed to the queue.
     pub enqueued: AtomicU64,
+    /// Of those, records the queue dropped (overflow `drop_oldest` / `drop_newest`); each is
+    /// a DLQ record with `stage: queue`.
+    pub dropped: AtomicU64,
     /// Payloads (files, responses) that could not be read or parsed at all.
     pub payload_errors: AtomicU64,
     pub polls_ok: AtomicU64,
@@ -54,6 +57,7 @@ pub struct StreamSnapshot {
     pub duplicates: u64,
     pub invalid: u64,
     pub enqueued: u64,
+    pub dropped: u64,
     pub payload_errors: u64,
     pub polls_ok: u64,
     pub polls_failed: u64,
@@ -70,6 +74,7 @@ impl StreamStats {
             duplicates: get(&self.duplicates),
             invalid: get(&self.invalid),
             enqueued: get(&self.enqueued),
+            dropped: get(&self.dropped),
             payload_errors: get(&self.payload_errors),
             polls_ok: get(&self.polls_ok),
             polls_failed: get(&self.polls_failed),

@@ -16,6 +16,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::buffer::Buffer;
 use crate::checkpoint::FileCursor;
 use crate::dedupe::Dedupe;
 use crate::dlq::{DeadLetter, Stage};
@@ -61,6 +62,8 @@ pub struct Stream {
     pub priority: PriorityPolicy,
     pub dedupe: Arc<Dedupe>,
     pub queue: Arc<Queue>,
+    /// `continuous_streaming`: holds records on their way to the queue.
+    pub buffer: Option<Arc<Buffer>>,
     pub stats: Arc<Stats>,
     /// Files whose records were all accounted for, for the checkpoint (file transport).
     pub files: Option<Arc<FileCursor>>,
@@ -79,15 +82,32 @@ impl Stream {
     /// Polls on the mode's schedule until cancelled.
     pub async fn run(mut self, cancel: CancellationToken) {
         let span = info_span!("stream", stream = %self.id, source_type = %self.source_type, mode = self.mode.name());
+        // The buffer's timer stops (flushing what is held) when the stream stops.
+        let stop_timer = cancel.child_token();
+        let timer = self.buffer.clone().map(|buffer| {
+            tokio::spawn(
+                buffer
+                    .run_timer(stop_timer.clone())
+                    .instrument(span.clone()),
+            )
+        });
+        let flushed = async move {
+            stop_timer.cancel();
+            if let Some(timer) = timer {
+                let _ = timer.await;
+            }
+        };
         if let Transport::Mqtt(mqtt) = self.transport {
             let intake = Intake {
                 stream_id: self.id.clone(),
                 priority: self.priority,
                 dedupe: self.dedupe.clone(),
                 queue: self.queue.clone(),
+                buffer: self.buffer.clone(),
                 stats: self.stats.clone(),
             };
-            return mqtt.run(intake, cancel).instrument(span).await;
+            mqtt.run(intake, cancel).instrument(span).await;
+            return flushed.await;
         }
         // Files an earlier run finished (restored from the checkpoint before the start).
         if let (Transport::File(files), Some(cursor)) = (&mut self.transport, &self.files) {
@@ -106,6 +126,7 @@ impl Stream {
                 }
                 self.poll_once(&cancel).await;
             }
+            flushed.await;
             info!("stream stopped");
         }
         .instrument(span)
@@ -138,6 +159,7 @@ impl Stream {
             priority: self.priority,
             dedupe: self.dedupe.clone(),
             queue: self.queue.clone(),
+            buffer: self.buffer.clone(),
             stats: self.stats.clone(),
             stream_stats: stream_stats.clone(),
             cancel: cancel.clone(),
@@ -517,6 +539,7 @@ struct PayloadJob {
     priority: PriorityPolicy,
     dedupe: Arc<Dedupe>,
     queue: Arc<Queue>,
+    buffer: Option<Arc<Buffer>>,
     stats: Arc<Stats>,
     stream_stats: Arc<StreamStats>,
     cancel: CancellationToken,
@@ -578,11 +601,17 @@ impl PayloadJob {
                         return true;
                     }
                     let id = record.id;
-                    let pushed = match &self.receipt {
-                        Some(receipt) => runtime
+                    let pushed = match (&self.buffer, &self.receipt) {
+                        (Some(buffer), Some(receipt)) => runtime
+                            .block_on(buffer.push_with_receipt(*record, receipt.clone()))
+                            .map_err(|Closed((_, receipt))| receipt.abandon()),
+                        (Some(buffer), None) => {
+                            runtime.block_on(buffer.push(*record)).map_err(drop)
+                        }
+                        (None, Some(receipt)) => runtime
                             .block_on(self.queue.push_with_receipt(*record, receipt.clone()))
                             .map_err(|Closed((_, receipt))| receipt.abandon()),
-                        None => runtime.block_on(self.queue.push(*record)).map_err(drop),
+                        (None, None) => runtime.block_on(self.queue.push(*record)).map_err(drop),
                     };
                     match pushed {
                         Ok(()) => {

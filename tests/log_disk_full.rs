@@ -52,6 +52,7 @@ fn message(n: u32) -> Message {
         payload: format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(900)).into_bytes(),
         origin: Origin::DeadLetter {
             stage: Stage::Deliver,
+            receipt: None,
         },
     }
 }

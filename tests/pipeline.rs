@@ -366,6 +366,7 @@ async fn a_parser_panic_dead_letters_the_file_and_the_stream_carries_on() {
         },
         dedupe: Arc::new(firestream::dedupe::Dedupe::new(Duration::from_secs(60))),
         queue: queue.clone(),
+        buffer: None,
         stats: stats.clone(),
         files: None,
     };

@@ -49,6 +49,8 @@ pub enum Origin {
     },
     DeadLetter {
         stage: Stage,
+        /// The receipt of a record the queue dropped, held until this dead letter is stored.
+        receipt: Option<Receipt>,
     },
 }
 

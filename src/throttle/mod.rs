@@ -254,6 +254,7 @@ mod tests {
                 },
                 None => Origin::DeadLetter {
                     stage: Stage::Validate,
+                    receipt: None,
                 },
             },
         }

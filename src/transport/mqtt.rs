@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
 
+use crate::buffer::Buffer;
 use crate::config::SourceConfig;
 use crate::dedupe::Dedupe;
 use crate::dlq::{DeadLetter, Stage};
@@ -118,6 +119,8 @@ pub struct Intake {
     pub priority: PriorityPolicy,
     pub dedupe: Arc<Dedupe>,
     pub queue: Arc<Queue>,
+    /// `continuous_streaming`: records (with their receipts) go through this buffer.
+    pub buffer: Option<Arc<Buffer>>,
     pub stats: Arc<Stats>,
 }
 
@@ -360,7 +363,11 @@ impl Session<'_> {
                 }
                 let receipt = Receipt::new(move || ack.send());
                 self.remember(id, &receipt);
-                match self.intake.queue.push_with_receipt(*record, receipt).await {
+                let pushed = match &self.intake.buffer {
+                    Some(buffer) => buffer.push_with_receipt(*record, receipt).await,
+                    None => self.intake.queue.push_with_receipt(*record, receipt).await,
+                };
+                match pushed {
                     Ok(()) => {
                         stats.enqueued.fetch_add(1, Ordering::Relaxed);
                     }

@@ -629,6 +629,7 @@ mod tests {
             payload: format!("{{\"n\":{n}}}").into_bytes(),
             origin: Origin::DeadLetter {
                 stage: Stage::Validate,
+                receipt: None,
             },
         }
     }
