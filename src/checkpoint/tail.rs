@@ -192,22 +192,6 @@ impl TailSource for KafkaTail {
     ) -> Result<u64, CheckpointError> {
         let kafka = |e: KafkaError| CheckpointError::Kafka(format!("reading {topic}: {e}"));
         let consumer = self.consumer()?;
-        // Time starts become offsets; a time after the last record means nothing to read.
-        let mut by_time = TopicPartitionList::new();
-        for (&partition, start) in starts {
-            if let StartAt::Time(t) = start {
-                by_time
-                    .add_partition_offset(topic, partition as i32, Offset::Offset(*t))
-                    .map_err(kafka)?;
-            }
-        }
-        let resolved = if by_time.count() > 0 {
-            consumer
-                .offsets_for_times(by_time, self.timeout)
-                .map_err(kafka)?
-        } else {
-            by_time
-        };
         let mut assignment = TopicPartitionList::new();
         let mut ends: HashMap<i32, i64> = HashMap::new();
         for (&partition, start) in starts {
@@ -215,12 +199,12 @@ impl TailSource for KafkaTail {
             let (low, high) = consumer
                 .fetch_watermarks(topic, p, self.timeout)
                 .map_err(kafka)?;
+            // A time start reads the partition from its beginning; the caller keeps the
+            // records stored since. (Looking the time up with ListOffsets would read less, but
+            // brokers answer it differently for records produced with their own timestamps.)
             let from = match start {
                 StartAt::Offset(o) => (*o as i64).max(low),
-                StartAt::Time(_) => match resolved.find_partition(topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(o)) => o.max(low),
-                    _ => high,
-                },
+                StartAt::Time(_) => low,
             };
             if from < high {
                 assignment
