@@ -235,3 +235,86 @@ fn a_present_topic_that_differs_from_its_declaration_is_a_warning_not_a_change()
         );
     }
 }
+
+/// Messages of `topic` counted the way the broker reports them (its high watermarks), which
+/// tansu under-reports: good enough to know that an ingest is well under way.
+fn reported_count(bootstrap: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    (0..4)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map_or(0, |(low, high)| high - low)
+        })
+        .sum()
+}
+
+#[test]
+fn kill_9_during_an_ingest_into_a_real_broker_then_restart_stores_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let config = dir.path().join("kafka.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sink: {{type: kafka, kafka: {{bootstrap_servers: \"{}\"}}}}\ntopics: {{wildfire-nasa-firms: {{partitions: 4}}}}\n",
+            broker.bootstrap
+        ),
+    )
+    .unwrap();
+    let ingest = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_firestream"));
+        command
+            .args(["ingest", "-c"])
+            .arg(&config)
+            .args(["--source-type", "nasa_firms", "--json"])
+            .args(firms_files());
+        command
+    };
+    let mut child = ingest()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while reported_count(&broker.bootstrap, "wildfire-nasa-firms") < 10_000 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the ingest ended before the kill"
+        );
+        assert!(started.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let output = ingest().output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let second = summary["topics"]["wildfire-nasa-firms"]["delivered"]
+        .as_u64()
+        .unwrap();
+    let consumed = read_until_idle(
+        &broker.bootstrap,
+        "wildfire-nasa-firms",
+        Duration::from_secs(5),
+    );
+    let ids: HashSet<&str> = consumed
+        .iter()
+        .map(|m| m.headers["firestream-id"].as_str())
+        .collect();
+    eprintln!(
+        "| kill -9 during ingest, restart | tansu 0.6 | 79885 | {} + {second} | 0 | {} | {} |",
+        consumed.len() as u64 - second,
+        79_885 - ids.len(),
+        consumed.len() - ids.len()
+    );
+    assert_eq!((consumed.len(), ids.len()), (79_885, 79_885));
+}

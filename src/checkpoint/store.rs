@@ -234,9 +234,6 @@ impl KafkaStore {
             .fetch_watermarks(CHECKPOINT_TOPIC, 0, timeout)
             .map_err(kafka)?;
         let mut all = HashMap::new();
-        if high <= low {
-            return Ok(all);
-        }
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(CHECKPOINT_TOPIC, 0, Offset::Offset(low))
@@ -244,8 +241,13 @@ impl KafkaStore {
         consumer.assign(&assignment).map_err(kafka)?;
         let mut last_progress = Instant::now();
         let mut next = low;
-        while next < high {
-            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+        // Past the high watermark, read on until nothing comes for a moment: some brokers
+        // (tansu 0.6) report one below the log's real end.
+        while next < high || last_progress.elapsed() < Duration::from_millis(500) {
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                if next >= high {
+                    continue;
+                }
                 if last_progress.elapsed() > timeout {
                     return Err(CheckpointError::Kafka(format!(
                         "reading {CHECKPOINT_TOPIC}: stuck at offset {next} of {high} for {timeout:?}"

@@ -139,6 +139,9 @@ impl TailSource for LogTail {
     }
 }
 
+/// How long recovery keeps reading after the high watermarks for records they missed.
+const PAST_HIGH_WATERMARK: Duration = Duration::from_millis(500);
+
 /// A Kafka cluster, read with an unsubscribed consumer (assign, no group commits).
 pub struct KafkaTail {
     client: ClientConfig,
@@ -206,21 +209,23 @@ impl TailSource for KafkaTail {
                 StartAt::Offset(o) => (*o as i64).max(low),
                 StartAt::Time(_) => low,
             };
+            assignment
+                .add_partition_offset(topic, p, Offset::Offset(from))
+                .map_err(kafka)?;
             if from < high {
-                assignment
-                    .add_partition_offset(topic, p, Offset::Offset(from))
-                    .map_err(kafka)?;
                 ends.insert(p, high);
             }
-        }
-        if ends.is_empty() {
-            return Ok(0);
         }
         consumer.assign(&assignment).map_err(kafka)?;
         let mut read = 0;
         let mut last_progress = Instant::now();
-        while !ends.is_empty() {
-            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+        // Past the high watermarks, read on until nothing comes for a moment: some brokers
+        // (tansu 0.6) report a high watermark below the log's real end.
+        while !ends.is_empty() || last_progress.elapsed() < PAST_HIGH_WATERMARK {
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                if ends.is_empty() {
+                    continue;
+                }
                 if last_progress.elapsed() > self.timeout {
                     return Err(CheckpointError::Kafka(format!(
                         "reading {topic} back: no progress for {:?} with partitions {:?} unread",
