@@ -170,6 +170,15 @@ impl KafkaTail {
     }
 }
 
+/// Whether the consumer's position in a partition reached `end`. With transactions the last
+/// offsets can be commit markers, which are never delivered as messages.
+pub(super) fn reached(consumer: &BaseConsumer, topic: &str, partition: i32, end: i64) -> bool {
+    consumer.position().is_ok_and(|list| {
+        list.find_partition(topic, partition)
+            .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= end))
+    })
+}
+
 impl TailSource for KafkaTail {
     fn partitions(&self, topic: &str) -> Result<Vec<u32>, CheckpointError> {
         let consumer = self.consumer()?;
@@ -237,6 +246,10 @@ impl TailSource for KafkaTail {
         let mut last_progress = Instant::now();
         while !ends.is_empty() {
             let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                ends.retain(|&p, &mut end| !reached(&consumer, topic, p, end));
+                if ends.is_empty() {
+                    break;
+                }
                 if last_progress.elapsed() > self.timeout {
                     return Err(CheckpointError::Kafka(format!(
                         "reading {topic} back: no progress for {:?} with partitions {:?} unread",
