@@ -213,17 +213,21 @@ enum Remedy {
     Fence,
 }
 
+/// Whether a code says another producer took this one's transactional.id.
+fn is_fencing(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fenced
+        )
+    )
+}
+
 fn remedy(error: &KafkaError) -> Remedy {
     match error {
-        KafkaError::Transaction(e)
-            if e.is_fatal()
-                || matches!(
-                    e.code(),
-                    RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
-                ) =>
-        {
-            Remedy::Fence
-        }
+        KafkaError::Transaction(e) if e.is_fatal() || is_fencing(Some(e.code())) => Remedy::Fence,
         KafkaError::Transaction(e) if e.txn_requires_abort() => Remedy::Abort,
         KafkaError::Transaction(e) if e.is_retriable() => Remedy::Retry,
         KafkaError::Flush(_) => Remedy::Retry,
@@ -262,11 +266,7 @@ impl Txn {
     /// Marks the producer fenced for good and says so in readiness.
     fn fence(&self, error: &KafkaError) -> SinkError {
         let state = self.state();
-        let fenced = matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-        );
-        let detail = if fenced {
+        let detail = if is_fencing(error.rdkafka_error_code()) {
             format!(
                 "fenced: another replica uses transactional.id {} ({error}); this replica stops producing on it. Give each replica its own sink.kafka.transactional_id",
                 state.id
