@@ -366,7 +366,10 @@ impl Txn {
                 return Ok(());
             };
             tries += 1;
-            if remedy(&e) == Remedy::Fence || tries >= COMMIT_TRIES {
+            if remedy(&e) == Remedy::Fence
+                || tries >= COMMIT_TRIES
+                || self.aborting.load(Ordering::Acquire)
+            {
                 return Err(e);
             }
             warn!(transactional_id = %self.state().id, error = %e, "aborting the Kafka transaction failed; trying again");
@@ -406,6 +409,12 @@ impl Txn {
                 Err((_, e)) => e,
             };
             if let Err(e) = self.abort().await {
+                if self.aborting.load(Ordering::Acquire) && remedy(&e) != Remedy::Fence {
+                    return self.all(SinkError::fatal(
+                        SHUTDOWN_KIND,
+                        format!("not sent: its Kafka transaction could not be committed or aborted before the shutdown deadline ({e}); it was not committed"),
+                    ));
+                }
                 return self.all(self.fence(&e));
             }
             // The aborted messages' reports (purged, or stored and now aborted) are in.
@@ -694,6 +703,33 @@ mod tests {
             all.contains("properties.transactional.id: firestream sets this itself; set sink.kafka.transactional: true"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn the_keys_parse_and_config_check_names_each_problem() {
+        let parse = |yaml: &str| {
+            crate::config::Config::parse(yaml, std::path::Path::new("t.yaml")).expect("parses")
+        };
+        let config = parse(
+            "sink: {type: kafka, kafka: {bootstrap_servers: \"b:9092\", transactional: true}}",
+        );
+        let kafka = config.sink.kafka.as_ref().unwrap();
+        assert!(kafka.transactional);
+        assert_eq!(kafka.transactional_id, default_transactional_id());
+        config.check().expect("valid");
+        let off = parse("sink: {type: kafka, kafka: {bootstrap_servers: \"b:9092\"}}");
+        assert!(!off.sink.kafka.unwrap().transactional);
+        let bad = parse(
+            "sink: {type: kafka, kafka: {bootstrap_servers: \"b:9092\", transactional: true, transactional_id: \"\", properties: {transactional.id: x}}}\ncheckpoint: {store: dir}",
+        );
+        let err = bad.check().unwrap_err().to_string();
+        for expected in [
+            "sink.kafka.transactional_id: \"\" must be non-empty",
+            "checkpoint.store: `dir` keeps checkpoints outside Kafka's transactions",
+            "sink.kafka.properties.transactional.id: firestream sets this itself",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in {err}");
+        }
     }
 
     #[test]
