@@ -111,6 +111,13 @@ pub struct KafkaSinkConfig {
     /// How long start-up waits for a broker before reporting that none is reachable.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// Records and checkpoints in Kafka transactions (README "Transactions").
+    #[serde(default)]
+    pub transactional: bool,
+    /// This replica's name for its transactions: stable across its restarts, unique among
+    /// replicas. Each producer's `transactional.id` derives from it.
+    #[serde(default = "crate::sinks::kafka::default_transactional_id")]
+    pub transactional_id: String,
 }
 
 fn default_connect_timeout() -> Dur {
@@ -1108,6 +1115,10 @@ impl Config {
             problems.push("sink.kafka.connect_timeout: must be longer than 0s".to_owned());
         }
         problems.extend(crate::sinks::kafka::check_properties(&kafka.properties));
+        problems.extend(crate::sinks::kafka::check_transactions(
+            kafka,
+            self.checkpoint.store,
+        ));
     }
 
     /// Partitions of a topic: from `topics:`, else the default.

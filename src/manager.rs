@@ -226,6 +226,7 @@ impl StreamManager {
             &manager.config,
             manager.ledger.clone(),
             manager.dedupe.clone(),
+            sinks.checkpoint_writer,
         )?));
         Ok(manager)
     }

@@ -22,7 +22,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 pub use self::ledger::{OffsetLedger, Ticket};
-pub use self::store::{CHECKPOINT_TOPIC, CheckpointStore, DirStore, KafkaStore};
+pub use self::store::{
+    CHECKPOINT_TOPIC, CheckpointStore, CheckpointWriter, DirStore, KafkaStore,
+    MAX_CHECKPOINT_BYTES, TransactionalStore,
+};
 pub use self::tail::{KafkaTail, LogTail, StartAt, TailRecord, TailSource};
 use crate::config::{CheckpointStoreKind, Config, SinkKind};
 use crate::dedupe::DedupeRegistry;
@@ -163,12 +166,22 @@ pub struct Checkpoints {
 }
 
 impl Checkpoints {
-    /// The configured store: `dir`, or the Kafka topic with the Kafka sink (`auto`).
+    /// The configured store: `dir`, or the Kafka topic with the Kafka sink (`auto`). With a
+    /// transactional sink, `writer` (the sink) writes the checkpoints in its transactions and
+    /// recovery reads only committed records.
     pub fn open(
         config: &Config,
         ledger: Arc<OffsetLedger>,
         dedupe: Arc<DedupeRegistry>,
+        writer: Option<Arc<dyn CheckpointWriter>>,
     ) -> Result<Self, CheckpointError> {
+        let client = |k: &crate::config::KafkaSinkConfig| {
+            let mut client = crate::sinks::kafka::connection_config(k);
+            if k.transactional {
+                client.set("isolation.level", "read_committed");
+            }
+            client
+        };
         let kafka = match config.checkpoint.store {
             CheckpointStoreKind::Kafka => true,
             CheckpointStoreKind::Dir => false,
@@ -181,10 +194,11 @@ impl Checkpoints {
                 .as_ref()
                 .ok_or_else(|| CheckpointError::Kafka("sink.kafka is not configured".into()))?;
             let timeout = kafka_config.connect_timeout.0.max(Duration::from_secs(10));
-            Box::new(KafkaStore::new(
-                crate::sinks::kafka::connection_config(kafka_config),
-                timeout,
-            )?)
+            let reader = KafkaStore::new(client(kafka_config), timeout)?;
+            match writer.filter(|_| kafka_config.transactional) {
+                Some(writer) => Box::new(TransactionalStore { reader, writer }),
+                None => Box::new(reader),
+            }
         } else {
             Box::new(DirStore::new(
                 config.checkpoint.dir_for(&config.sink.log.dir),
@@ -192,7 +206,7 @@ impl Checkpoints {
         };
         let tail: Arc<dyn TailSource> = match (&config.sink.kind, &config.sink.kafka) {
             (SinkKind::Kafka, Some(k)) => Arc::new(KafkaTail::new(
-                crate::sinks::kafka::connection_config(k),
+                client(k),
                 k.connect_timeout.0.max(Duration::from_secs(10)),
             )),
             _ => Arc::new(LogTail::new(config.sink.log.dir.clone())),

@@ -26,7 +26,7 @@ pub const CHECKPOINT_TOPIC: &str = "firestream-checkpoints";
 
 /// A checkpoint holds a source's dedupe window: a busy source's can pass Kafka's default
 /// 1 MB message limit, so the store's producer and topic allow this much.
-const MAX_CHECKPOINT_BYTES: usize = 64 * 1024 * 1024;
+pub const MAX_CHECKPOINT_BYTES: usize = 64 * 1024 * 1024;
 
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
@@ -38,6 +38,45 @@ pub trait CheckpointStore: Send + Sync {
 
     /// Stores checkpoints durably; returns once they would survive a crash.
     async fn save(&self, checkpoints: Vec<Checkpoint>) -> Result<(), CheckpointError>;
+}
+
+/// Writes checkpoint records (source id, JSON) to [`CHECKPOINT_TOPIC`] in a Kafka
+/// transaction: the transactional Kafka sink, so checkpoints commit with its producer.
+#[async_trait]
+pub trait CheckpointWriter: Send + Sync {
+    async fn write_checkpoints(&self, records: Vec<(String, Vec<u8>)>) -> Result<(), String>;
+}
+
+/// The Kafka store with `sink.kafka.transactional`: read like [`KafkaStore`] (committed
+/// records only), written through the sink's transactional producer.
+pub struct TransactionalStore {
+    pub reader: KafkaStore,
+    pub writer: std::sync::Arc<dyn CheckpointWriter>,
+}
+
+#[async_trait]
+impl CheckpointStore for TransactionalStore {
+    fn describe(&self) -> String {
+        format!("topic {CHECKPOINT_TOPIC} (transactional)")
+    }
+
+    async fn load_all(&self) -> Result<HashMap<String, Checkpoint>, CheckpointError> {
+        self.reader.load_all().await
+    }
+
+    async fn save(&self, checkpoints: Vec<Checkpoint>) -> Result<(), CheckpointError> {
+        let records = checkpoints
+            .iter()
+            .map(|c| {
+                let body = serde_json::to_vec(c).expect("a checkpoint serialises");
+                (c.source_id.clone(), body)
+            })
+            .collect();
+        self.writer
+            .write_checkpoints(records)
+            .await
+            .map_err(CheckpointError::Kafka)
+    }
 }
 
 /// Characters kept as they are in a file name; everything else is percent-encoded, so any
@@ -245,7 +284,9 @@ impl KafkaStore {
         // (tansu 0.6) report one below the log's real end.
         while next < high || last_progress.elapsed() < Duration::from_millis(500) {
             let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-                if next >= high {
+                // A transactional topic ends with a commit marker no consumer receives.
+                if next >= high || super::tail::reached(&consumer, CHECKPOINT_TOPIC, 0, high) {
+                    next = next.max(high);
                     continue;
                 }
                 if last_progress.elapsed() > timeout {

@@ -173,6 +173,15 @@ impl KafkaTail {
     }
 }
 
+/// Whether the consumer's position in a partition reached `end`. With transactions the last
+/// offsets can be commit markers, which are never delivered as messages.
+pub(super) fn reached(consumer: &BaseConsumer, topic: &str, partition: i32, end: i64) -> bool {
+    consumer.position().is_ok_and(|list| {
+        list.find_partition(topic, partition)
+            .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= end))
+    })
+}
+
 impl TailSource for KafkaTail {
     fn partitions(&self, topic: &str) -> Result<Vec<u32>, CheckpointError> {
         let consumer = self.consumer()?;
@@ -223,6 +232,8 @@ impl TailSource for KafkaTail {
         // (tansu 0.6) report a high watermark below the log's real end.
         while !ends.is_empty() || last_progress.elapsed() < PAST_HIGH_WATERMARK {
             let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                // A transactional topic ends with a commit marker no consumer receives.
+                ends.retain(|&p, &mut end| !reached(&consumer, topic, p, end));
                 if ends.is_empty() {
                     continue;
                 }

@@ -141,6 +141,8 @@ pub trait Sink: Send + Sync {
 pub struct Sinks {
     pub main: Arc<dyn Sink>,
     pub dlq_fallback: Option<Arc<dyn Sink>>,
+    /// The transactional Kafka sink, which writes checkpoints in its transactions.
+    pub checkpoint_writer: Option<Arc<dyn crate::checkpoint::CheckpointWriter>>,
 }
 
 /// Opens the configured sink: the log's directory is checked to be writable; Kafka is
@@ -150,10 +152,16 @@ pub async fn build(config: &Config) -> Result<Sinks, SinkError> {
         SinkKind::Log => Ok(Sinks {
             main: Arc::new(log::LogSink::open(config)?),
             dlq_fallback: None,
+            checkpoint_writer: None,
         }),
-        SinkKind::Kafka => Ok(Sinks {
-            main: Arc::new(kafka::KafkaSink::connect(config).await?),
-            dlq_fallback: Some(Arc::new(log::LazyLogSink::new(config.clone()))),
-        }),
+        SinkKind::Kafka => {
+            let sink = Arc::new(kafka::KafkaSink::connect(config).await?);
+            let transactional = config.sink.kafka.as_ref().is_some_and(|k| k.transactional);
+            Ok(Sinks {
+                checkpoint_writer: transactional.then(|| sink.clone() as _),
+                main: sink,
+                dlq_fallback: Some(Arc::new(log::LazyLogSink::new(config.clone()))),
+            })
+        }
     }
 }

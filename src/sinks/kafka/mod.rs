@@ -14,6 +14,7 @@
 
 mod errors;
 mod topics;
+mod txn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -35,6 +36,10 @@ use tracing::{debug, error, info};
 
 pub use self::errors::{classify, classify_code};
 use self::topics::{Declared, Lookup, TopicCatalog};
+use self::txn::TxnState;
+pub use self::txn::{
+    ABORTED_KIND, FENCED_KIND, check_transactions, default_transactional_id, producer_id,
+};
 use super::{Delivered, Message, Origin, Pending, Readiness, SHUTDOWN_KIND, Sink, SinkError};
 use crate::config::{Compression, Config, KafkaProperties, KafkaSinkConfig, TopicConfig};
 use crate::dlq::DLQ_TOPIC;
@@ -59,7 +64,7 @@ const RESERVED: &[(&str, &str)] = &[
     ),
     (
         "transactional.id",
-        "transactional delivery is not in this build yet",
+        "set sink.kafka.transactional: true (and sink.kafka.transactional_id) instead",
     ),
     (
         "delivery.report.only.error",
@@ -145,7 +150,7 @@ pub fn check_properties(properties: &KafkaProperties) -> Vec<String> {
 
 /// Where a message travels: critical records never share a producer queue with bulk ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Lane {
+pub enum Lane {
     Bulk,
     Critical,
 }
@@ -207,11 +212,16 @@ type Opaque = Box<(Arc<BatchAcks>, usize)>;
 struct ReadinessState {
     bootstrap: String,
     current: Mutex<Readiness>,
+    /// A fenced transactional producer: not ready for good, whatever the probe finds.
+    fenced: AtomicBool,
 }
 
 impl ReadinessState {
     fn set(&self, ready: bool, detail: String) {
         let mut current = self.current.lock().expect("readiness");
+        if self.fenced.load(Ordering::Acquire) {
+            return;
+        }
         if current.ready != ready {
             if ready {
                 info!(detail = %detail, "Kafka is reachable");
@@ -225,6 +235,16 @@ impl ReadinessState {
     fn get(&self) -> Readiness {
         self.current.lock().expect("readiness").clone()
     }
+
+    /// Not ready from now on, with `detail`.
+    fn fence(&self, detail: String) {
+        let mut current = self.current.lock().expect("readiness");
+        self.fenced.store(true, Ordering::Release);
+        *current = Readiness {
+            ready: false,
+            detail,
+        };
+    }
 }
 
 /// Routes librdkafka's delivery reports into their batches and its errors into readiness.
@@ -232,6 +252,8 @@ struct SinkContext {
     readiness: Arc<ReadinessState>,
     /// Set when librdkafka reports a fatal error: this producer instance is unusable.
     fatal: AtomicBool,
+    /// With `sink.kafka.transactional`: this producer's transactional.id and transaction lock.
+    txn: Option<TxnState>,
 }
 
 impl ClientContext for SinkContext {
@@ -246,7 +268,14 @@ impl ClientContext for SinkContext {
             ),
             Some(RDKafkaErrorCode::Fatal) => {
                 self.fatal.store(true, Ordering::Release);
-                error!(error = %error, reason, "the Kafka producer hit a fatal error; it is replaced before the next batch");
+                match &self.txn {
+                    None => {
+                        error!(error = %error, reason, "the Kafka producer hit a fatal error; it is replaced before the next batch")
+                    }
+                    Some(txn) => {
+                        error!(error = %error, reason, transactional_id = %txn.id, "the transactional Kafka producer hit a fatal error; it produces nothing more")
+                    }
+                }
             }
             // librdkafka logs these itself (rate-limited); repeating them adds only noise.
             _ => debug!(error = %error, reason, "Kafka client error"),
@@ -280,15 +309,22 @@ struct Producers {
     base: ClientConfig,
     readiness: Arc<ReadinessState>,
     map: Mutex<HashMap<ProducerKey, Arc<KafkaProducer>>>,
+    /// `sink.kafka.transactional_id` when transactional.
+    transactional: Option<String>,
 }
 
 impl Producers {
     fn get(&self, lane: Lane, codec: Option<Compression>) -> Result<Arc<KafkaProducer>, SinkError> {
         let mut map = self.map.lock().expect("producers");
-        if let Some(p) = map.get(&(lane, codec))
-            && !p.context().fatal.load(Ordering::Acquire)
-        {
-            return Ok(p.clone());
+        if let Some(p) = map.get(&(lane, codec)) {
+            if !p.context().fatal.load(Ordering::Acquire) {
+                return Ok(p.clone());
+            }
+            // A new producer with the same transactional.id would fence the replica that
+            // fenced this one, and so on: a fenced producer stays fenced.
+            if let Some(txn) = &p.context().txn {
+                return Err(txn.fenced_error());
+            }
         }
         let mut config = self.base.clone();
         if lane == Lane::Critical {
@@ -297,9 +333,18 @@ impl Producers {
         if let Some(codec) = codec {
             set_setting(&mut config, "compression.type", codec.as_str());
         }
+        let txn = self.transactional.as_deref().map(|base| {
+            let id = producer_id(base, lane, codec);
+            config.set("transactional.id", &id);
+            if lane == Lane::Bulk && codec.is_none() {
+                txn::allow_checkpoints(&mut config);
+            }
+            TxnState::new(id)
+        });
         let context = SinkContext {
             readiness: self.readiness.clone(),
             fatal: AtomicBool::new(false),
+            txn,
         };
         let producer: KafkaProducer = config.create_with_context(context).map_err(|e| {
             SinkError::fatal(
@@ -328,7 +373,7 @@ pub struct KafkaSink {
     /// Topic → its declared codec, for topics that have one.
     codecs: HashMap<String, Compression>,
     readiness: Arc<ReadinessState>,
-    aborting: AtomicBool,
+    aborting: Arc<AtomicBool>,
     probe: tokio::task::JoinHandle<()>,
 }
 
@@ -350,6 +395,7 @@ impl KafkaSink {
                 ready: false,
                 detail: format!("connecting to {}", kafka.bootstrap_servers),
             }),
+            fenced: AtomicBool::new(false),
         });
         let admin = base
             .create::<rdkafka::admin::AdminClient<DefaultClientContext>>()
@@ -370,12 +416,17 @@ impl KafkaSink {
             base,
             readiness: readiness.clone(),
             map: Mutex::new(HashMap::new()),
+            transactional: kafka.transactional.then(|| kafka.transactional_id.clone()),
         };
         // Created now so a bad property fails start-up, not the first record.
-        producers.get(Lane::Bulk, None)?;
-        producers.get(Lane::Critical, None)?;
+        let bulk = producers.get(Lane::Bulk, None)?;
+        let critical = producers.get(Lane::Critical, None)?;
 
-        let reconciled = probe(&topics, &readiness).await && topics.reconcile().await;
+        let reachable = probe(&topics, &readiness).await;
+        if reachable && kafka.transactional {
+            txn::init_at_connect(&[bulk, critical], kafka.connect_timeout.0).await;
+        }
+        let reconciled = reachable && topics.reconcile().await;
         let probe = tokio::spawn(probe_forever(topics.clone(), readiness.clone(), reconciled));
         let codecs = config
             .topics
@@ -387,7 +438,7 @@ impl KafkaSink {
             topics,
             codecs,
             readiness,
-            aborting: AtomicBool::new(false),
+            aborting: Arc::new(AtomicBool::new(false)),
             probe,
         })
     }
@@ -399,46 +450,58 @@ impl KafkaSink {
             Ok(p) => p,
             Err(e) => return acks.complete(index, Err(e)),
         };
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-        for (name, value) in &message.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
+        send_one(&producer, message, acks, index, &self.aborting).await;
+    }
+}
+
+/// Hands one message to `producer`, waiting while librdkafka's queue is full; its outcome
+/// lands in `acks` at `index`.
+async fn send_one(
+    producer: &KafkaProducer,
+    message: &Message,
+    acks: &Arc<BatchAcks>,
+    index: usize,
+    aborting: &AtomicBool,
+) {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+    for (name, value) in &message.headers {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value.as_bytes()),
+        });
+    }
+    let mut record: BaseRecord<'_, str, [u8], Opaque> =
+        BaseRecord::with_opaque_to(&message.topic, Box::new((acks.clone(), index)))
+            .key(message.key.as_str())
+            .payload(message.payload.as_slice())
+            .timestamp(message.timestamp_ms)
+            .headers(headers);
+    loop {
+        if aborting.load(Ordering::Acquire) {
+            return acks.complete(
+                index,
+                Err(SinkError::fatal(
+                    SHUTDOWN_KIND,
+                    "not sent: the shutdown deadline passed before it reached the Kafka producer",
+                )),
+            );
         }
-        let mut record: BaseRecord<'_, str, [u8], Opaque> =
-            BaseRecord::with_opaque_to(&message.topic, Box::new((acks.clone(), index)))
-                .key(message.key.as_str())
-                .payload(message.payload.as_slice())
-                .timestamp(message.timestamp_ms)
-                .headers(headers);
-        loop {
-            if self.aborting.load(Ordering::Acquire) {
-                return acks.complete(
-                    index,
-                    Err(SinkError::fatal(
-                        SHUTDOWN_KIND,
-                        "not sent: the shutdown deadline passed before it reached the Kafka producer",
-                    )),
-                );
+        match producer.send(record) {
+            Ok(()) => {
+                // The deadline may have passed between the check and the send: purge again
+                // so this message does not wait for message.timeout.ms.
+                if aborting.load(Ordering::Acquire) {
+                    producer.purge(PurgeConfig::default().queue());
+                }
+                return;
             }
-            match producer.send(record) {
-                Ok(()) => {
-                    // The deadline may have passed between the check and the send: purge again
-                    // so this message does not wait for message.timeout.ms.
-                    if self.aborting.load(Ordering::Acquire) {
-                        producer.purge(PurgeConfig::default().queue());
-                    }
-                    return;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
-                }
-                Err((e, back)) => {
-                    drop(back);
-                    return acks.complete(index, Err(classify(&e)));
-                }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(QUEUE_FULL_WAIT).await;
+            }
+            Err((e, back)) => {
+                drop(back);
+                return acks.complete(index, Err(classify(&e)));
             }
         }
     }
@@ -451,6 +514,9 @@ impl Sink for KafkaSink {
     }
 
     async fn submit(&self, batch: Vec<Message>) -> Pending {
+        if self.producers.transactional.is_some() {
+            return self.submit_transactional(batch).await;
+        }
         let (acks, done) = BatchAcks::new(batch.len());
         let mut lookups: HashMap<Arc<str>, Lookup> = HashMap::new();
         for message in &batch {
@@ -724,6 +790,8 @@ mod tests {
                 ("compression.codec", "gzip"),
             ]),
             connect_timeout: crate::config::Dur(Duration::from_secs(1)),
+            transactional: false,
+            transactional_id: "firestream-test".into(),
         };
         let c = client_config(&kafka);
         assert_eq!(c.get("linger.ms"), None);
@@ -753,6 +821,8 @@ mod tests {
             bootstrap_servers: "b:9092".into(),
             properties: props(&[("linger.ms", "50"), ("partitioner", "consistent_random")]),
             connect_timeout: crate::config::Dur(Duration::from_secs(1)),
+            transactional: false,
+            transactional_id: "firestream-test".into(),
         };
         let c = client_config(&kafka);
         assert_eq!(c.get("linger.ms"), Some("50"));
