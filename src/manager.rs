@@ -297,6 +297,7 @@ impl StreamManager {
             dlq_fallback: self.dlq_fallback.clone(),
             stats: self.stats.clone(),
             dedupe: self.dedupe.clone(),
+            retry: crate::retry::RetryPolicy::new(&self.config.delivery),
         };
         let failed = CancellationToken::new();
         let worker = tokio::spawn(delivery.run(deadline));
