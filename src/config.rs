@@ -582,14 +582,68 @@ pub struct DeliveryConfig {
     /// How long shutdown may spend draining the queue; what is left goes to the DLQ.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: Dur,
+    /// Times a record whose delivery failed with a retriable error is sent again; then it
+    /// goes to the DLQ.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// No retry starts later than this after a record's first attempt.
+    #[serde(default = "default_max_elapsed")]
+    pub max_elapsed: Dur,
+    /// Backoff before the first retry; it doubles per retry (full jitter: a random wait
+    /// between 0 and the doubled value) up to `retry_backoff_max`.
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff: Dur,
+    #[serde(default = "default_retry_backoff_max")]
+    pub retry_backoff_max: Dur,
 }
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             shutdown_timeout: default_shutdown_timeout(),
+            max_retries: default_max_retries(),
+            max_elapsed: default_max_elapsed(),
+            retry_backoff: default_retry_backoff(),
+            retry_backoff_max: default_retry_backoff_max(),
         }
     }
+}
+
+impl DeliveryConfig {
+    fn check(&self, problems: &mut Vec<String>) {
+        if self.max_elapsed.0.is_zero() {
+            problems.push(
+                "delivery.max_elapsed: must be longer than 0s (set delivery.max_retries: 0 to turn retries off)"
+                    .to_owned(),
+            );
+        }
+        if self.retry_backoff.0.is_zero() {
+            problems
+                .push("delivery.retry_backoff: must be longer than 0s (default 100ms)".to_owned());
+        }
+        if self.retry_backoff_max.0 < self.retry_backoff.0 {
+            problems.push(format!(
+                "delivery.retry_backoff_max: {} is shorter than delivery.retry_backoff ({}); make it at least as long",
+                self.retry_backoff_max, self.retry_backoff
+            ));
+        }
+    }
+}
+
+fn default_max_retries() -> u32 {
+    10
+}
+
+fn default_max_elapsed() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+fn default_retry_backoff() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+
+fn default_retry_backoff_max() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 
 fn default_shutdown_timeout() -> Dur {
@@ -1071,6 +1125,7 @@ impl Config {
             ));
         }
         self.throttle.check(&mut problems);
+        self.delivery.check(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

@@ -6,14 +6,21 @@
 //! Two consumers run side by side: one for the critical lane, one for the bulk lanes and
 //! dead letters, so a critical record never waits behind a bulk batch. Each keeps a few
 //! batches in flight: the sink accepts a batch, and its acknowledgements are collected while
-//! the next batches are routed and submitted.
+//! the next batches are routed and submitted, each batch's as soon as they are all in.
+//!
+//! A record that failed with a retriable error is sent again after a backoff (see
+//! [`crate::retry`]); while it waits, its consumer goes on with other batches, and a later
+//! record with the same topic and key joins the waiting retry instead of overtaking it.
+//! Batches already in flight when the failure is reported can still land first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -22,8 +29,9 @@ use crate::dedupe::DedupeRegistry;
 use crate::dlq::{DeadLetter, Stage};
 use crate::queue::{Batch, Lanes, Queue};
 use crate::receipt::Receipt;
+use crate::retry::{Attempt, RetryPolicy};
 use crate::router::Router;
-use crate::sinks::{Message, Origin, Outcome, SHUTDOWN_KIND, Sink};
+use crate::sinks::{ErrorClass, Message, Origin, Outcome, SHUTDOWN_KIND, Sink};
 use crate::stats::Stats;
 use crate::throttle::Throttle;
 
@@ -46,6 +54,83 @@ pub struct Delivery {
     pub ledger: Arc<OffsetLedger>,
     /// Lag-driven throttle: bulk records wait for their topic's tokens before submission.
     pub throttle: Option<Arc<Throttle>>,
+    pub retry: RetryPolicy,
+}
+
+/// A submitted batch: its ledger ticket, each message's attempt history, then its outcomes.
+type InFlight = BoxFuture<'static, (Ticket, Vec<Attempt>, Vec<Outcome>)>;
+
+/// Messages waiting for their retry's backoff.
+struct Waiting {
+    due: Instant,
+    messages: Vec<Message>,
+    attempts: Vec<Attempt>,
+}
+
+/// One consumer's retries waiting for their backoff, and the (topic, key) pairs they hold
+/// back: a later record of a held key joins the retry, so it is not sent before it.
+#[derive(Default)]
+struct Backoffs {
+    next_id: u64,
+    waiting: BTreeMap<u64, Waiting>,
+    held: HashMap<(Arc<str>, String), u64>,
+}
+
+impl Backoffs {
+    fn add(&mut self, retry: Waiting) {
+        let id = self.next_id;
+        self.next_id += 1;
+        for m in &retry.messages {
+            self.held.insert((m.topic.clone(), m.key.clone()), id);
+        }
+        self.waiting.insert(id, retry);
+    }
+
+    /// Moves the records of a fresh batch whose key is held into the retry holding it;
+    /// returns the others.
+    fn hold_back(&mut self, messages: Vec<Message>, now: Instant) -> Vec<Message> {
+        if self.held.is_empty() {
+            return messages;
+        }
+        let mut free = Vec::with_capacity(messages.len());
+        for m in messages {
+            let holder = match m.origin {
+                Origin::Record { .. } => self.held.get(&(m.topic.clone(), m.key.clone())),
+                Origin::DeadLetter { .. } => None,
+            };
+            match holder.and_then(|id| self.waiting.get_mut(id)) {
+                Some(retry) => {
+                    retry.messages.push(m);
+                    retry.attempts.push(Attempt::first(now));
+                }
+                None => free.push(m),
+            }
+        }
+        free
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.waiting.values().map(|w| w.due).min()
+    }
+
+    /// Takes the retry due first and releases its keys.
+    fn take_due(&mut self) -> Option<Waiting> {
+        let id = *self.waiting.iter().min_by_key(|(_, w)| w.due)?.0;
+        let retry = self.waiting.remove(&id)?;
+        self.held.retain(|_, holder| *holder != id);
+        Some(retry)
+    }
+}
+
+/// Returns when the backoff ending at `due` is over, or at once when the deadline passed.
+async fn backoff_over(due: Option<Instant>, deadline: &CancellationToken) {
+    let Some(due) = due else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::time::sleep_until(due.into()) => {}
+        _ = deadline.cancelled() => {}
+    }
 }
 
 impl Delivery {
@@ -108,28 +193,46 @@ impl Delivery {
     }
 
     /// One consumer: takes batches of `lanes`, keeps up to [`MAX_IN_FLIGHT`] of them in the
-    /// sink, and accounts for each as its outcomes arrive (in submission order).
+    /// sink (retries included), and accounts for each as soon as its outcomes arrive, so a
+    /// slow batch (a retry to a partition still without a leader) does not hold up the
+    /// accounting of later ones. A retry waiting for its backoff holds no slot.
     async fn drain(&self, lanes: Lanes, deadline: &CancellationToken) {
-        let mut in_flight = FuturesOrdered::new();
+        let mut in_flight = FuturesUnordered::new();
+        let mut backoffs = Backoffs::default();
         let mut open = true;
         loop {
-            let take = open && in_flight.len() < MAX_IN_FLIGHT;
+            let room = in_flight.len() < MAX_IN_FLIGHT;
+            let take = open && room;
+            let due = backoffs.next_due();
             tokio::select! {
                 biased;
-                Some((ticket, outcomes)) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.account(outcomes).await;
+                Some((ticket, attempts, outcomes)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let retry = self.account(outcomes, attempts, deadline).await;
+                    // Records sent again get a new ticket when resubmitted.
                     self.ledger.settled(ticket);
+                    if let Some(retry) = retry {
+                        backoffs.add(retry);
+                    }
+                }
+                _ = backoff_over(due, deadline), if room && due.is_some() => {
+                    if let Some(retry) = backoffs.take_due() {
+                        let submitted = self.submit(retry.messages, retry.attempts).await;
+                        in_flight.push(submitted);
+                    }
                 }
                 _ = deadline.cancelled(), if take => open = false,
                 batch = self.queue.pop(lanes, self.batch_size(lanes)), if take => match batch {
                     Some(batch) => {
-                        let messages = self.route(batch);
-                        if let Some(throttle) = self.throttle.as_ref().filter(|_| lanes == Lanes::Bulk) {
-                            throttle.admit(&messages, deadline).await;
+                        let now = Instant::now();
+                        let messages = backoffs.hold_back(self.route(batch), now);
+                        if !messages.is_empty() {
+                            if let Some(throttle) = self.throttle.as_ref().filter(|_| lanes == Lanes::Bulk) {
+                                throttle.admit(&messages, deadline).await;
+                            }
+                            let attempts = vec![Attempt::first(now); messages.len()];
+                            let submitted = self.submit(messages, attempts).await;
+                            in_flight.push(submitted);
                         }
-                        let ticket: Ticket = self.ledger.submitted();
-                        let pending = self.sink.submit(messages).await;
-                        in_flight.push_back(async move { (ticket, pending.await) });
                     }
                     None => open = false,
                 },
@@ -146,6 +249,14 @@ impl Delivery {
         }
     }
 
+    /// Hands messages to the sink (waiting while it has no room) and pairs their outcomes
+    /// with their ledger ticket and attempt histories.
+    async fn submit(&self, messages: Vec<Message>, attempts: Vec<Attempt>) -> InFlight {
+        let ticket: Ticket = self.ledger.submitted();
+        let pending = self.sink.submit(messages).await;
+        async move { (ticket, attempts, pending.await) }.boxed()
+    }
+
     fn route(&self, batch: Batch) -> Vec<Message> {
         let mut messages = Vec::with_capacity(batch.records.len() + batch.dead_letters.len());
         let mut receipts = batch.receipts.into_iter();
@@ -159,25 +270,32 @@ impl Delivery {
         messages
     }
 
-    /// Counts what was delivered; turns each failed record into a dead letter and sends
-    /// refused dead letters to the fallback. Records' receipts are released only at the end,
-    /// once the dead letters of this batch are written.
-    async fn account(&self, outcomes: Vec<Outcome>) {
+    /// Counts what was delivered; sets records that failed with a retriable error aside for
+    /// a retry (returned, with its backoff) while they have retries left; turns every other
+    /// failed record into a dead letter and sends refused dead letters to the fallback.
+    /// Records' receipts are released only at the end, once the dead letters of this batch
+    /// are written; a retried record keeps its receipt until its final outcome.
+    async fn account(
+        &self,
+        outcomes: Vec<Outcome>,
+        attempts: Vec<Attempt>,
+        deadline: &CancellationToken,
+    ) -> Option<Waiting> {
         let mut receipts = Vec::new();
         let mut delivered: BTreeMap<Arc<str>, u64> = BTreeMap::new();
         let mut failed_records = Vec::new();
         let mut refused_dead = Vec::new();
+        let mut retry = Vec::new();
+        let mut retry_attempts: Vec<Attempt> = Vec::new();
         // One log line per topic and error kind, not one per record.
         let mut failures: BTreeMap<(Arc<str>, &'static str), (u64, String)> = BTreeMap::new();
+        let mut retried: BTreeMap<(Arc<str>, &'static str), (u64, String)> = BTreeMap::new();
         // Receipts of records that failed: if their dead letters cannot be stored either,
         // the source must not acknowledge upstream (the message comes back instead).
         let mut failed_receipts = Vec::new();
         let lost_before = self.stats.dlq_write_failures.load(Ordering::Relaxed);
-        for (mut message, result) in outcomes {
-            let receipt = match &mut message.origin {
-                Origin::Record { receipt, .. } => receipt.take(),
-                Origin::DeadLetter { .. } => None,
-            };
+        let now = Instant::now();
+        for ((mut message, result), attempt) in outcomes.into_iter().zip(attempts) {
             let e = match result {
                 Ok(stored) => {
                     if let Origin::Record {
@@ -196,50 +314,90 @@ impl Delivery {
                             stored.offset,
                         );
                     }
-                    receipts.extend(receipt);
+                    if let Origin::Record { receipt, .. } = &mut message.origin {
+                        receipts.extend(receipt.take());
+                    }
                     *delivered.entry(message.topic.clone()).or_default() += 1;
                     continue;
                 }
-                Err(e) => {
-                    failed_receipts.extend(receipt);
-                    e
-                }
+                Err(e) => e,
             };
-            self.stats.add_failed(&message.topic, 1);
-            match &message.origin {
-                Origin::Record {
-                    id,
-                    source_id,
-                    source_type,
-                    copy,
-                    ..
-                } => {
-                    if !copy {
-                        self.dedupe.for_type(*source_type).forget(id);
-                    }
-                    let stage = if e.kind == SHUTDOWN_KIND {
-                        Stage::Shutdown
-                    } else {
-                        Stage::Deliver
-                    };
-                    failures
-                        .entry((message.topic.clone(), e.kind))
-                        .or_insert_with(|| (0, e.message.clone()))
-                        .0 += 1;
-                    self.stats.add_dead_letter(stage);
-                    failed_records.push(DeadLetter::envelope(
-                        stage,
-                        e.kind,
-                        e.message.clone(),
-                        1,
-                        source_id.clone(),
-                        message.topic.to_string(),
-                        message.key.clone(),
-                        &message.payload,
-                    ));
-                }
-                Origin::DeadLetter { .. } => refused_dead.push((message, e.message)),
+            let attempt = Attempt {
+                failed: attempt.failed + 1,
+                first: attempt.first,
+            };
+            let elapsed = now.saturating_duration_since(attempt.first);
+            let Origin::Record {
+                id,
+                source_id,
+                source_type,
+                copy,
+                receipt,
+                ..
+            } = &mut message.origin
+            else {
+                self.stats.add_failed(&message.topic, 1);
+                refused_dead.push((message, e.message));
+                continue;
+            };
+            let retriable = e.class == ErrorClass::Retriable;
+            if retriable
+                && !deadline.is_cancelled()
+                && !self.retry.gives_up(attempt.failed, elapsed)
+            {
+                retried
+                    .entry((message.topic.clone(), e.kind))
+                    .or_insert_with(|| (0, e.message.clone()))
+                    .0 += 1;
+                retry.push(message);
+                retry_attempts.push(attempt);
+                continue;
             }
+            failed_receipts.extend(receipt.take());
+            self.stats.add_failed(&message.topic, 1);
+            if !*copy {
+                self.dedupe.for_type(*source_type).forget(id);
+            }
+            let (stage, reason) = if e.kind == SHUTDOWN_KIND {
+                (Stage::Shutdown, e.message.clone())
+            } else if retriable && deadline.is_cancelled() {
+                (
+                    Stage::Shutdown,
+                    format!(
+                        "{}; not retried: delivery.shutdown_timeout expired",
+                        e.message
+                    ),
+                )
+            } else if retriable {
+                (
+                    Stage::Deliver,
+                    format!(
+                        "{}; gave up after {} attempt(s) over {:.1}s (delivery.max_retries {}, delivery.max_elapsed {}s)",
+                        e.message,
+                        attempt.failed,
+                        elapsed.as_secs_f64(),
+                        self.retry.max_retries,
+                        self.retry.max_elapsed.as_secs()
+                    ),
+                )
+            } else {
+                (Stage::Deliver, e.message.clone())
+            };
+            failures
+                .entry((message.topic.clone(), e.kind))
+                .or_insert_with(|| (0, e.message.clone()))
+                .0 += 1;
+            self.stats.add_dead_letter(stage);
+            failed_records.push(DeadLetter::envelope(
+                stage,
+                e.kind,
+                reason,
+                attempt.failed,
+                source_id.clone(),
+                message.topic.to_string(),
+                message.key.clone(),
+                &message.payload,
+            ));
         }
         for (topic, n) in delivered {
             self.stats.add_delivered(&topic, n);
@@ -254,6 +412,51 @@ impl Delivery {
         }
         drop(failed_receipts);
         drop(receipts);
+        self.backoff(retry, retry_attempts, retried, now)
+    }
+
+    /// The retry of a batch's retriable failures: one backoff for all of them (from the
+    /// most-tried record's count), counted per topic and logged in one line.
+    fn backoff(
+        &self,
+        messages: Vec<Message>,
+        attempts: Vec<Attempt>,
+        retried: BTreeMap<(Arc<str>, &'static str), (u64, String)>,
+        now: Instant,
+    ) -> Option<Waiting> {
+        let failed = attempts.iter().map(|a| a.failed).max()?;
+        let oldest = attempts.iter().map(|a| a.first).min()?;
+        let wait = self.retry.wait(
+            failed,
+            now.saturating_duration_since(oldest),
+            rand::random_range(0.0..=1.0),
+        );
+        let mut topics: BTreeMap<&str, u64> = BTreeMap::new();
+        for ((topic, _), (n, _)) in &retried {
+            *topics.entry(topic).or_default() += n;
+        }
+        for (topic, n) in &topics {
+            self.stats.add_retries(topic, *n);
+        }
+        let (kind, reason) = retried
+            .iter()
+            .max_by_key(|(_, (n, _))| *n)
+            .map(|((_, kind), (_, reason))| (*kind, reason.as_str()))
+            .unwrap_or_default();
+        warn!(
+            records = messages.len(),
+            topics = ?topics,
+            retry = failed,
+            wait_ms = wait.as_millis() as u64,
+            error_kind = kind,
+            error = %reason,
+            "delivery failed with a retriable error; the batch is sent again after a backoff"
+        );
+        Some(Waiting {
+            due: now + wait,
+            messages,
+            attempts,
+        })
     }
 
     /// Writes dead letters to the sink's DLQ topic, or to the fallback when it refuses.
@@ -356,12 +559,22 @@ mod tests {
     use crate::sinks::{Delivered, Pending, Readiness, SinkError};
     use crate::sources::SourceType;
 
+    /// What the test makes of a gated batch.
+    #[derive(Debug, Clone, Copy)]
+    enum Verdict {
+        Deliver,
+        Fatal,
+        Retriable,
+    }
+
     /// Holds each record batch until the test releases it with the outcome it chooses;
     /// stores dead letters at once and counts them.
     #[derive(Default)]
     struct GatedSink {
-        gates: Mutex<Vec<oneshot::Sender<bool>>>,
+        gates: Mutex<Vec<oneshot::Sender<Verdict>>>,
         dead_letters: AtomicUsize,
+        /// The dead letters stored, parsed.
+        stored_dead: Mutex<Vec<serde_json::Value>>,
         /// Refuse dead letters too (a DLQ that cannot be written).
         refuse_dead: bool,
     }
@@ -385,6 +598,11 @@ mod tests {
                     return futures::future::ready(refused).boxed();
                 }
                 self.dead_letters.fetch_add(batch.len(), Ordering::SeqCst);
+                self.stored_dead.lock().unwrap().extend(
+                    batch
+                        .iter()
+                        .map(|m| serde_json::from_slice(&m.payload).unwrap()),
+                );
                 let ok = batch
                     .into_iter()
                     .map(|m| {
@@ -402,17 +620,21 @@ mod tests {
             let (tx, rx) = oneshot::channel();
             self.gates.lock().unwrap().push(tx);
             async move {
-                let deliver = rx.await.unwrap_or(false);
+                let verdict = rx.await.unwrap_or(Verdict::Fatal);
                 batch
                     .into_iter()
                     .map(|m| {
-                        let result = if deliver {
-                            Ok(Delivered {
+                        let result = match verdict {
+                            Verdict::Deliver => Ok(Delivered {
                                 partition: 0,
                                 offset: 0,
-                            })
-                        } else {
-                            Err(SinkError::fatal("message_too_large", "refused by the test"))
+                            }),
+                            Verdict::Fatal => {
+                                Err(SinkError::fatal("message_too_large", "refused by the test"))
+                            }
+                            Verdict::Retriable => {
+                                Err(SinkError::retriable("timeout", "timed out in the test"))
+                            }
                         };
                         (m, result)
                     })
@@ -470,7 +692,11 @@ mod tests {
     }
 
     fn harness_with(sink: GatedSink) -> Harness {
-        let config = Config::parse("", Path::new("t.yaml")).unwrap();
+        harness_config(sink, "")
+    }
+
+    fn harness_config(sink: GatedSink, yaml: &str) -> Harness {
+        let config = Config::parse(yaml, Path::new("t.yaml")).unwrap();
         let queue = Arc::new(Queue::new(100, 10));
         let sink = Arc::new(sink);
         let stats = Arc::new(Stats::default());
@@ -483,6 +709,7 @@ mod tests {
             dedupe: Arc::new(DedupeRegistry::new(Duration::from_secs(60))),
             ledger: Arc::default(),
             throttle: None,
+            retry: RetryPolicy::new(&config.delivery),
         };
         let task = tokio::spawn(delivery.run(CancellationToken::new()));
         Harness {
@@ -509,11 +736,20 @@ mod tests {
             (receipt, seen)
         }
 
-        /// Waits for the sink to hold `n` gated batches, then opens the first.
+        /// Waits for the sink to hold a gated batch, then opens the last one it received.
         async fn release(&self, deliver: bool) {
+            let verdict = if deliver {
+                Verdict::Deliver
+            } else {
+                Verdict::Fatal
+            };
+            self.release_with(verdict).await;
+        }
+
+        async fn release_with(&self, verdict: Verdict) {
             for _ in 0..200 {
                 if let Some(gate) = self.sink.gates.lock().unwrap().pop() {
-                    gate.send(deliver).unwrap();
+                    gate.send(verdict).unwrap();
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -630,6 +866,7 @@ mod tests {
                 dedupe: Arc::new(DedupeRegistry::new(Duration::from_secs(60))),
                 ledger: Arc::default(),
                 throttle: None,
+                retry: RetryPolicy::new(&config.delivery),
             };
             let task = tokio::spawn(delivery.run(CancellationToken::new()));
             let h = Harness {
@@ -679,10 +916,171 @@ mod tests {
             h.queue.close();
             while !h.task.is_finished() {
                 if let Some(gate) = h.sink.gates.lock().unwrap().pop() {
-                    let _ = gate.send(store);
+                    let _ = gate.send(if store {
+                        Verdict::Deliver
+                    } else {
+                        Verdict::Fatal
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+    }
+
+    /// Waits until the sink holds `n` gated batches.
+    async fn gated(h: &Harness, n: usize) {
+        for _ in 0..300 {
+            if h.sink.gates.lock().unwrap().len() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the sink never held {n} gated batch(es)");
+    }
+
+    const FAST_RETRIES: &str =
+        "delivery: {max_retries: 2, retry_backoff: 1ms, retry_backoff_max: 1ms}";
+
+    #[tokio::test]
+    async fn a_retriable_failure_is_sent_again_and_the_receipt_waits_for_it() {
+        let h = harness_config(GatedSink::default(), FAST_RETRIES);
+        let (receipt, seen) = h.receipt();
+        h.queue
+            .push_with_receipt(reading(5, Priority::Normal), receipt)
+            .await
+            .unwrap();
+        h.release_with(Verdict::Retriable).await;
+        // The retry reaches the sink; the receipt still waits for its outcome.
+        gated(&h, 1).await;
+        assert_eq!(*seen.lock().unwrap(), None);
+        h.release(true).await;
+        assert_eq!(fired(&seen).await, (1, 0));
+        let counts = h.stats.topics()["wildfire-iot-sensors"];
+        assert_eq!((counts.delivered, counts.failed, counts.retries), (1, 0, 1));
+        assert!(h.stats.dead_letters().is_empty());
+        h.queue.close();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn retries_exhausted_go_to_the_dlq_with_the_attempts_and_last_error() {
+        let h = harness_config(GatedSink::default(), FAST_RETRIES);
+        let (receipt, seen) = h.receipt();
+        h.queue
+            .push_with_receipt(reading(6, Priority::Normal), receipt)
+            .await
+            .unwrap();
+        // The first attempt and max_retries (2) retries.
+        for _ in 0..3 {
+            h.release_with(Verdict::Retriable).await;
+        }
+        assert_eq!(fired(&seen).await, (0, 1));
+        let dead = h.sink.stored_dead.lock().unwrap().clone();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0]["stage"], "deliver");
+        assert_eq!(dead[0]["error_kind"], "timeout");
+        assert_eq!(dead[0]["attempts"], 3);
+        let reason = dead[0]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("timed out in the test; gave up after 3 attempt(s)"),
+            "{reason}"
+        );
+        let counts = h.stats.topics()["wildfire-iot-sensors"];
+        assert_eq!((counts.delivered, counts.failed, counts.retries), (0, 1, 2));
+        h.queue.close();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_fatal_failure_goes_to_the_dlq_at_once_with_one_attempt() {
+        let h = harness_config(GatedSink::default(), FAST_RETRIES);
+        h.queue.push(reading(7, Priority::Normal)).await.unwrap();
+        h.release_with(Verdict::Fatal).await;
+        for _ in 0..200 {
+            if !h.sink.stored_dead.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let dead = h.sink.stored_dead.lock().unwrap().clone();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0]["error_kind"], "message_too_large");
+        assert_eq!(dead[0]["attempts"], 1);
+        assert_eq!(dead[0]["reason"], "refused by the test");
+        assert_eq!(h.stats.topics()["wildfire-iot-sensors"].retries, 0);
+        h.queue.close();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_retrying_batch_holds_back_neither_other_bulk_batches_nor_critical_records() {
+        let h = harness_config(GatedSink::default(), FAST_RETRIES);
+        h.queue.push(reading(8, Priority::Normal)).await.unwrap();
+        h.release_with(Verdict::Retriable).await;
+        // Its retry sits in the sink, unanswered.
+        gated(&h, 1).await;
+        h.queue.push(reading(9, Priority::Normal)).await.unwrap();
+        gated(&h, 2).await;
+        h.release(true).await;
+        h.queue.push(reading(10, Priority::Critical)).await.unwrap();
+        gated(&h, 2).await;
+        h.release(true).await;
+        for _ in 0..200 {
+            if h.stats.topics()["wildfire-iot-sensors"].delivered == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let topics = h.stats.topics();
+        assert_eq!(topics["wildfire-iot-sensors"].delivered, 2);
+        assert_eq!(topics["wildfire-critical-alerts"].delivered, 1);
+        // The retried record goes through last.
+        h.release(true).await;
+        h.queue.close();
+        h.task.await.unwrap();
+        let counts = h.stats.topics()["wildfire-iot-sensors"];
+        assert_eq!((counts.delivered, counts.retries), (3, 1));
+    }
+
+    fn message(topic: &str, key: &str, n: u32) -> Message {
+        let config = Config::parse("", Path::new("t.yaml")).unwrap();
+        let mut m = Router::new(&config)
+            .route_with_receipt(&reading(n, Priority::Normal), None)
+            .remove(0);
+        m.topic = Arc::from(topic);
+        m.key = key.to_owned();
+        m
+    }
+
+    #[test]
+    fn a_record_whose_key_waits_for_a_retry_joins_it() {
+        let now = Instant::now();
+        let mut backoffs = Backoffs::default();
+        backoffs.add(Waiting {
+            due: now,
+            messages: vec![message("a", "k1", 1)],
+            attempts: vec![Attempt {
+                failed: 1,
+                first: now,
+            }],
+        });
+        let fresh = vec![
+            message("a", "k1", 2),
+            message("a", "k2", 3),
+            message("b", "k1", 4),
+        ];
+        let free = backoffs.hold_back(fresh, now);
+        let keys: Vec<_> = free.iter().map(|m| (&*m.topic, m.key.as_str())).collect();
+        assert_eq!(keys, [("a", "k2"), ("b", "k1")]);
+        let retry = backoffs.take_due().unwrap();
+        let failed: Vec<u32> = retry.attempts.iter().map(|a| a.failed).collect();
+        assert_eq!(failed, [1, 0]);
+        assert_eq!(retry.messages.len(), 2);
+        // Released: the key flows freely again.
+        assert_eq!(
+            backoffs.hold_back(vec![message("a", "k1", 5)], now).len(),
+            1
+        );
+        assert!(backoffs.take_due().is_none());
     }
 }

@@ -19,6 +19,7 @@ pub mod mode;
 pub mod queue;
 pub mod receipt;
 pub mod record;
+pub mod retry;
 pub mod router;
 pub mod secret;
 pub mod sinks;

@@ -364,6 +364,7 @@ impl StreamManager {
             dedupe: self.dedupe.clone(),
             ledger: self.ledger.clone(),
             throttle: self.throttle.as_ref().map(|(t, _)| t.clone()),
+            retry: crate::retry::RetryPolicy::new(&self.config.delivery),
         };
         let probe = self.throttle.as_ref().map(|(throttle, probe)| {
             for (id, source) in &self.config.sources {

@@ -96,7 +96,10 @@ impl StreamStats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TopicCounts {
     pub delivered: u64,
+    /// Records that failed for good (their dead letters are in the DLQ).
     pub failed: u64,
+    /// Records sent again after a retriable error.
+    pub retries: u64,
 }
 
 /// All counters of one process.
@@ -175,6 +178,15 @@ impl Stats {
             .entry(topic.to_owned())
             .or_default()
             .failed += n;
+    }
+
+    pub fn add_retries(&self, topic: &str, n: u64) {
+        self.topics
+            .lock()
+            .expect("stats lock")
+            .entry(topic.to_owned())
+            .or_default()
+            .retries += n;
     }
 
     pub fn topics(&self) -> BTreeMap<String, TopicCounts> {
