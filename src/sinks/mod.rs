@@ -64,7 +64,12 @@ pub struct Delivered {
 /// Whether trying again can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
+    /// The record was not stored; sending it again may succeed.
     Retriable,
+    /// The sink gave up on a record that may have been stored all the same (a request in
+    /// flight when librdkafka's message timeout ran out): sending it again could duplicate
+    /// it, so it is not retried.
+    MaybeWritten,
     Fatal,
 }
 

@@ -1,6 +1,7 @@
 //! librdkafka's error codes, classified for delivery: retriable (a broker or the network may
-//! recover; the record waits or is retried) or fatal (retrying cannot help; the record goes
-//! to the DLQ at once), each with the short `error_kind` the DLQ record carries.
+//! recover; the record waits or is retried), maybe-written (a message timeout: librdkafka has
+//! retried already and a new send could duplicate it) or fatal (retrying cannot help; the
+//! record goes to the DLQ at once), each with the short `error_kind` the DLQ record carries.
 //!
 //! Delivery reports carry a bare error code; librdkafka's own `rd_kafka_error_is_retriable`
 //! exists only for `rd_kafka_error_t` objects, so the table follows the Kafka protocol's
@@ -12,13 +13,15 @@ use crate::sinks::{ErrorClass, SHUTDOWN_KIND, SinkError};
 
 /// The class and DLQ `error_kind` of a librdkafka error code.
 pub fn classify_code(code: RDKafkaErrorCode) -> (ErrorClass, &'static str) {
-    use ErrorClass::{Fatal, Retriable};
+    use ErrorClass::{Fatal, MaybeWritten, Retriable};
     use RDKafkaErrorCode as C;
     match code {
         C::QueueFull => (Retriable, "queue_full"),
-        C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut | C::TimedOutQueue => {
-            (Retriable, "timeout")
-        }
+        // librdkafka retried it (safely, with the idempotent producer's sequence numbers)
+        // until message.timeout.ms; it may have been written by a request whose answer was
+        // lost, and a new send would not be recognised as the same record.
+        C::MessageTimedOut | C::RequestTimedOut => (MaybeWritten, "timeout"),
+        C::OperationTimedOut | C::TimedOutQueue => (Retriable, "timeout"),
         C::BrokerTransportFailure
         | C::AllBrokersDown
         | C::Resolve
@@ -104,16 +107,29 @@ mod tests {
     fn transient_broker_conditions_are_retriable() {
         for code in [
             RDKafkaErrorCode::QueueFull,
-            RDKafkaErrorCode::MessageTimedOut,
             RDKafkaErrorCode::NotLeaderForPartition,
             RDKafkaErrorCode::LeaderNotAvailable,
             RDKafkaErrorCode::AllBrokersDown,
             RDKafkaErrorCode::BrokerTransportFailure,
             RDKafkaErrorCode::NotEnoughReplicas,
             RDKafkaErrorCode::ThrottlingQuotaExceeded,
-            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::OperationTimedOut,
         ] {
             assert_eq!(classify_code(code).0, ErrorClass::Retriable, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_message_timeout_may_have_been_written_and_is_not_resent() {
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::RequestTimedOut,
+        ] {
+            assert_eq!(
+                classify_code(code),
+                (ErrorClass::MaybeWritten, "timeout"),
+                "{code:?}"
+            );
         }
     }
 
