@@ -246,6 +246,30 @@ fn ingest_json_summary_and_dlq_for_a_bad_row() {
         "{summary}"
     );
     assert_eq!(summary["dead_letters"]["validate"], 1);
+
+    // The log deleted, the checkpoints kept: they cover offsets the log no longer has, so
+    // they are ignored and the records are delivered again rather than lost.
+    std::fs::remove_dir_all(dir.path().join("out/log")).unwrap();
+    let out = firestream(
+        dir.path(),
+        &[
+            "ingest",
+            "-c",
+            "config.yaml",
+            "--source-type",
+            "nasa_firms",
+            "--json",
+            "bad.csv",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(summary["topics"]["wildfire-nasa-firms"]["delivered"], 39);
+    assert!(
+        stderr(&out).contains("the checkpoint covers records the topic no longer has"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

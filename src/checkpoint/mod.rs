@@ -265,7 +265,10 @@ impl Checkpoints {
         let mut recovery = Recovery::default();
         let mut plans = Vec::new();
         for source in &sources {
-            let checkpoint = loaded.get(source.id.as_ref());
+            let checkpoint = match loaded.get(source.id.as_ref()) {
+                Some(c) => self.unless_stale(source, c).await?,
+                None => None,
+            };
             if let Some(c) = checkpoint {
                 if c.version > VERSION {
                     return Err(CheckpointError::Corrupt {
@@ -323,6 +326,45 @@ impl Checkpoints {
             }
         }
         Ok(recovery)
+    }
+
+    /// The checkpoint, unless it covers offsets past the end of its topics: the log or the
+    /// topic was deleted (or replaced) since, so its ids would stop records that are no longer
+    /// stored from being sent again. Then the source starts as if it had none.
+    async fn unless_stale<'c>(
+        self: &Arc<Self>,
+        source: &SourceInfo,
+        checkpoint: &'c Checkpoint,
+    ) -> Result<Option<&'c Checkpoint>, CheckpointError> {
+        let covered: Vec<(String, u32, u64)> = checkpoint
+            .offsets
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t.clone(), *p, *o)))
+            .collect();
+        let this = self.clone();
+        let beyond = tokio::task::spawn_blocking(move || {
+            for (topic, partition, offset) in covered {
+                if !this.tail.holds(&topic, partition, offset)? {
+                    return Ok(Some((topic, partition, offset)));
+                }
+            }
+            Ok::<_, CheckpointError>(None)
+        })
+        .await
+        .map_err(|e| CheckpointError::Kafka(format!("recovery task: {e}")))??;
+        match beyond {
+            None => Ok(Some(checkpoint)),
+            Some((topic, partition, offset)) => {
+                warn!(
+                    source = %source.id,
+                    %topic,
+                    partition,
+                    checkpoint_offset = offset,
+                    "the checkpoint covers records the topic no longer has (deleted or replaced): it is ignored, and the source rebuilds its window from what the topics hold"
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// Reads each (source, topic) tail; returns records read and ids added.

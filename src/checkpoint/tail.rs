@@ -41,6 +41,10 @@ pub trait TailSource: Send + Sync {
     /// The topic's partitions; empty when the topic does not exist.
     fn partitions(&self, topic: &str) -> Result<Vec<u32>, CheckpointError>;
 
+    /// Whether the partition still holds offsets below `end`: a checkpoint covering offsets
+    /// past its end belongs to a topic that was deleted or replaced since.
+    fn holds(&self, topic: &str, partition: u32, end: u64) -> Result<bool, CheckpointError>;
+
     /// Calls `found` for each record from each partition's start to its current end.
     /// Records without firestream's headers (written by something else) are skipped.
     fn scan(
@@ -77,6 +81,13 @@ impl LogTail {
 }
 
 impl TailSource for LogTail {
+    fn holds(&self, topic: &str, partition: u32, end: u64) -> Result<bool, CheckpointError> {
+        let dir = self.dir.join(topic).join(partition.to_string());
+        let log_end = crate::sinks::log::groups::log_end_offset(&dir)
+            .map_err(|e| CheckpointError::io(&dir, e))?;
+        Ok(log_end >= end)
+    }
+
     fn partitions(&self, topic: &str) -> Result<Vec<u32>, CheckpointError> {
         let topic_dir = self.dir.join(topic);
         if topic_dir.exists() && !topic_dir.is_dir() {
@@ -183,6 +194,42 @@ pub(super) fn reached(consumer: &BaseConsumer, topic: &str, partition: i32, end:
 }
 
 impl TailSource for KafkaTail {
+    fn holds(&self, topic: &str, partition: u32, end: u64) -> Result<bool, CheckpointError> {
+        let kafka = |e: KafkaError| CheckpointError::Kafka(format!("reading {topic}: {e}"));
+        if end == 0 {
+            return Ok(true);
+        }
+        if !self.partitions(topic)?.contains(&partition) {
+            return Ok(false);
+        }
+        let consumer = self.consumer()?;
+        let p = partition as i32;
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, self.timeout)
+            .map_err(kafka)?;
+        if high >= end as i64 {
+            return Ok(true);
+        }
+        // The high watermark can be short (tansu 0.6): look for the last covered record itself.
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, p, Offset::Offset(end as i64 - 1))
+            .map_err(kafka)?;
+        consumer.assign(&assignment).map_err(kafka)?;
+        let started = Instant::now();
+        while started.elapsed() < PAST_HIGH_WATERMARK {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                if message.map_err(kafka)?.offset() >= end as i64 - 1 {
+                    return Ok(true);
+                }
+            }
+            if reached(&consumer, topic, p, end as i64) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn partitions(&self, topic: &str) -> Result<Vec<u32>, CheckpointError> {
         let consumer = self.consumer()?;
         let metadata = consumer
