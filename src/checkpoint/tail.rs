@@ -218,10 +218,10 @@ impl TailSource for KafkaTail {
         consumer.assign(&assignment).map_err(kafka)?;
         let started = Instant::now();
         while started.elapsed() < PAST_HIGH_WATERMARK {
-            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-                if message.map_err(kafka)?.offset() >= end as i64 - 1 {
-                    return Ok(true);
-                }
+            if let Some(message) = consumer.poll(Duration::from_millis(100))
+                && message.map_err(kafka)?.offset() >= end as i64 - 1
+            {
+                return Ok(true);
             }
             if reached(&consumer, topic, p, end as i64) {
                 return Ok(true);
