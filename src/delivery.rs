@@ -312,6 +312,7 @@ impl Delivery {
                             &message.topic,
                             stored.partition,
                             stored.offset,
+                            Some(*id),
                         );
                     }
                     if let Origin::Record { receipt, .. } = &mut message.origin {

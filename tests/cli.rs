@@ -596,3 +596,103 @@ fn live_example_config_validates_with_its_keys_and_names_a_missing_one() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stdout(&out).contains("mqtt-secret-0123"));
 }
+
+/// A log deleted and refilled by another source past a checkpoint's offsets: the offsets
+/// exist again but hold other records, so the checkpoint must not be trusted (the records it
+/// names are gone), and its source delivers its records again instead of none.
+#[test]
+fn a_checkpoint_of_a_deleted_and_refilled_log_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        real("firms/fire_nrt_M6_157509.csv"),
+        dir.path().join("a.csv"),
+    )
+    .unwrap();
+    std::fs::copy(
+        real("firms/fire_nrt_SV-C2_400448__first10000.csv"),
+        dir.path().join("b.csv"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "sink: {type: log, log: {dir: out/log}}\n\
+         sources:\n  other: {type: nasa_firms, interval: 1h, paths: [unused.csv]}\n",
+    )
+    .unwrap();
+    let ingest = |args: &[&str]| {
+        let mut all = vec!["ingest", "-c", "config.yaml", "--json"];
+        all.extend_from_slice(args);
+        let out = firestream(dir.path(), &all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let summary: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        (summary, stderr(&out))
+    };
+    let delivered =
+        |summary: &Value| summary["topics"]["wildfire-nasa-firms"]["delivered"].as_u64();
+    let (first, _) = ingest(&["--source-type", "nasa_firms", "a.csv"]);
+    let n = delivered(&first).unwrap();
+    assert!(n > 0);
+
+    // The log is deleted and another source fills the topic well past those offsets.
+    std::fs::remove_dir_all(dir.path().join("out/log")).unwrap();
+    let (refill, _) = ingest(&["--source", "other", "b.csv"]);
+    assert!(delivered(&refill).unwrap() > n);
+
+    let (again, log) = ingest(&["--source-type", "nasa_firms", "a.csv"]);
+    assert_eq!(delivered(&again), Some(n), "{log}");
+    assert!(
+        log.contains("the checkpoint covers records the topic no longer has"),
+        "{log}"
+    );
+    // Now the checkpoint is right again: a fourth run sends nothing.
+    let (fourth, log) = ingest(&["--source-type", "nasa_firms", "a.csv"]);
+    assert_eq!(delivered(&fourth), None, "{log}");
+    assert!(!log.contains("no longer has"), "{log}");
+}
+
+/// One damaged checkpoint stops its own source only, and the error names its file.
+#[test]
+fn a_damaged_checkpoint_names_its_file_and_leaves_other_sources_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        real("firms/fire_nrt_M6_157509.csv"),
+        dir.path().join("a.csv"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        "sink: {type: log, log: {dir: out/log}}\n\
+         sources:\n  other: {type: nasa_firms, interval: 1h, paths: [unused.csv]}\n",
+    )
+    .unwrap();
+    let ingest = |args: &[&str]| {
+        let mut all = vec!["ingest", "-c", "config.yaml", "--json"];
+        all.extend_from_slice(args);
+        firestream(dir.path(), &all)
+    };
+    assert!(
+        ingest(&["--source-type", "nasa_firms", "a.csv"])
+            .status
+            .success()
+    );
+    let damaged = dir.path().join("out/checkpoints/ingest_nasa_firms.json");
+    assert!(
+        damaged.is_file(),
+        "checkpoint file expected at {}",
+        damaged.display()
+    );
+    std::fs::write(&damaged, "{\"version\": 1, \"source_id\": \"ingest_nasa_f").unwrap();
+
+    // Another source is not held back by it.
+    let out = ingest(&["--source", "other", "a.csv"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Its own source refuses to start, naming the file and what to do.
+    let out = ingest(&["--source-type", "nasa_firms", "a.csv"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("ingest_nasa_firms.json"), "{err}");
+    assert!(
+        err.contains("delete it to start that source without one"),
+        "{err}"
+    );
+}

@@ -10,8 +10,16 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
+use crate::record::RecordId;
+
 type Partition = (Arc<str>, u32);
-type Offsets = HashMap<Partition, u64>;
+/// Per partition: the next offset after the last acknowledged record, and that record's id
+/// (an anchor: recovery checks the record is still there, so a checkpoint of a deleted and
+/// refilled topic is not trusted).
+type Offsets = HashMap<Partition, (u64, Option<RecordId>)>;
+
+/// Per topic and partition: the covered offset and the id of the record just before it.
+pub type Covered = BTreeMap<String, BTreeMap<u32, (u64, Option<RecordId>)>>;
 
 /// A submitted batch, until [`OffsetLedger::settled`].
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -44,13 +52,23 @@ impl OffsetLedger {
         Ticket(ticket)
     }
 
-    /// A record of `source` is stored at `offset` of `topic`/`partition`.
-    pub fn acked(&self, source: &Arc<str>, topic: &Arc<str>, partition: u32, offset: u64) {
+    /// A record of `source` (with `id`, when known) is stored at `offset` of
+    /// `topic`/`partition`.
+    pub fn acked(
+        &self,
+        source: &Arc<str>,
+        topic: &Arc<str>,
+        partition: u32,
+        offset: u64,
+        id: Option<RecordId>,
+    ) {
         let mut state = self.state.lock().expect("ledger lock");
         let next = Arc::make_mut(&mut state.acked)
             .entry((topic.clone(), partition))
             .or_default();
-        *next = (*next).max(offset + 1);
+        if offset + 1 > next.0 {
+            *next = (offset + 1, id);
+        }
         if !state
             .topics
             .get(source)
@@ -77,7 +95,7 @@ impl OffsetLedger {
     /// may not yet be in its acknowledged ids. Take this before those ids. A partition is left
     /// out when nothing was known to be stored in it when the oldest batch in flight was
     /// submitted: recovery then reads it from the start of the dedupe window.
-    pub fn covered(&self, source: &str) -> BTreeMap<String, BTreeMap<u32, u64>> {
+    pub fn covered(&self, source: &str) -> Covered {
         let state = self.state.lock().expect("ledger lock");
         let floor = state
             .in_flight
@@ -87,7 +105,7 @@ impl OffsetLedger {
             .clone();
         let mut covered = BTreeMap::new();
         for topic in state.topics.get(source).into_iter().flatten() {
-            let partitions: &mut BTreeMap<u32, u64> = covered.entry(topic.to_string()).or_default();
+            let partitions: &mut BTreeMap<u32, _> = covered.entry(topic.to_string()).or_default();
             for ((t, partition), offset) in floor.iter() {
                 if t == topic {
                     partitions.insert(*partition, *offset);
@@ -111,12 +129,15 @@ mod tests {
         let ledger = OffsetLedger::default();
         let (src, topic) = (arc("firms"), arc("t"));
         let t = ledger.submitted();
-        ledger.acked(&src, &topic, 0, 41);
-        ledger.acked(&src, &topic, 1, 7);
+        ledger.acked(&src, &topic, 0, 41, None);
+        ledger.acked(&src, &topic, 1, 7, None);
         ledger.settled(t);
         assert_eq!(
             ledger.covered("firms"),
-            BTreeMap::from([("t".to_owned(), BTreeMap::from([(0, 42), (1, 8)]))])
+            BTreeMap::from([(
+                "t".to_owned(),
+                BTreeMap::from([(0, (42, None)), (1, (8, None))])
+            )])
         );
         assert!(ledger.covered("other").is_empty());
     }
@@ -126,18 +147,18 @@ mod tests {
         let ledger = OffsetLedger::default();
         let (src, topic) = (arc("s"), arc("t"));
         let first = ledger.submitted();
-        ledger.acked(&src, &topic, 0, 9);
+        ledger.acked(&src, &topic, 0, 9, None);
         ledger.settled(first);
         // A slow batch is submitted when offset 10 is next...
         let slow = ledger.submitted();
         // ...then a later batch (another lane) is acknowledged at 20.
         let fast = ledger.submitted();
-        ledger.acked(&src, &topic, 0, 20);
+        ledger.acked(&src, &topic, 0, 20, None);
         ledger.settled(fast);
         // The slow batch may still land anywhere from 10 on.
-        assert_eq!(ledger.covered("s")["t"], BTreeMap::from([(0, 10)]));
+        assert_eq!(ledger.covered("s")["t"], BTreeMap::from([(0, (10, None))]));
         ledger.settled(slow);
-        assert_eq!(ledger.covered("s")["t"], BTreeMap::from([(0, 21)]));
+        assert_eq!(ledger.covered("s")["t"], BTreeMap::from([(0, (21, None))]));
     }
 
     #[test]
@@ -145,10 +166,24 @@ mod tests {
         let ledger = OffsetLedger::default();
         let (src, topic) = (arc("s"), arc("t"));
         let slow = ledger.submitted();
-        ledger.acked(&src, &topic, 3, 5);
+        ledger.acked(&src, &topic, 3, 5, None);
         // Recovery must read partition 3 from the window start, not from 6.
         assert_eq!(ledger.covered("s")["t"], BTreeMap::new());
         ledger.settled(slow);
-        assert_eq!(ledger.covered("s")["t"], BTreeMap::from([(3, 6)]));
+        assert_eq!(ledger.covered("s")["t"], BTreeMap::from([(3, (6, None))]));
+    }
+
+    #[test]
+    fn the_anchor_is_the_id_of_the_last_record_acknowledged() {
+        let ledger = OffsetLedger::default();
+        let (src, topic) = (arc("s"), arc("t"));
+        let (a, b) = (
+            RecordId::from_hex(&"a".repeat(32)),
+            RecordId::from_hex(&"b".repeat(32)),
+        );
+        ledger.acked(&src, &topic, 0, 7, b);
+        // A late report of an earlier offset moves neither the offset nor its anchor.
+        ledger.acked(&src, &topic, 0, 3, a);
+        assert_eq!(ledger.covered("s")["t"], BTreeMap::from([(0, (8, b))]));
     }
 }

@@ -26,12 +26,49 @@ pub use self::store::{
     CHECKPOINT_TOPIC, CheckpointStore, CheckpointWriter, DirStore, KafkaStore,
     MAX_CHECKPOINT_BYTES, TransactionalStore,
 };
-pub use self::tail::{KafkaTail, LogTail, StartAt, TailRecord, TailSource};
+pub use self::tail::{AtOffset, KafkaTail, LogTail, StartAt, TailRecord, TailSource};
 use crate::config::{CheckpointStoreKind, Config, SinkKind};
 use crate::dedupe::DedupeRegistry;
 use crate::record::RecordId;
 use crate::sources::SourceType;
 use crate::transport::file::Fingerprint;
+
+/// Topic → partition → offset.
+type TopicOffsets = BTreeMap<String, BTreeMap<u32, u64>>;
+/// Topic → partition → record id (hex).
+type TopicAnchors = BTreeMap<String, BTreeMap<u32, String>>;
+
+/// A ledger's covered offsets split into a checkpoint's offsets and anchors.
+fn split_covered(covered: ledger::Covered) -> (TopicOffsets, TopicAnchors) {
+    let (mut offsets, mut anchors) = (BTreeMap::new(), BTreeMap::new());
+    for (topic, partitions) in covered {
+        let mut ids = BTreeMap::new();
+        let ends = partitions
+            .into_iter()
+            .map(|(p, (end, id))| {
+                if let Some(id) = id {
+                    ids.insert(p, id.to_string());
+                }
+                (p, end)
+            })
+            .collect();
+        if !ids.is_empty() {
+            anchors.insert(topic.clone(), ids);
+        }
+        offsets.insert(topic, ends);
+    }
+    (offsets, anchors)
+}
+
+/// Every stored checkpoint by source id, each read or why it could not be.
+pub type Loaded = HashMap<String, Result<Checkpoint, Unreadable>>;
+
+/// A stored checkpoint that cannot be used: where it is and what is wrong with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreadable {
+    pub at: String,
+    pub detail: String,
+}
 
 /// The checkpoint format; a newer one is refused rather than misread.
 const VERSION: u32 = 1;
@@ -73,6 +110,11 @@ pub struct Checkpoint {
     /// `seen`: recovery reads from there.
     #[serde(default)]
     pub offsets: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// Topic → partition → the id (hex) of the record just before the covered offset: on
+    /// start it must still be there, or the topic was deleted (and perhaps refilled) since
+    /// and the checkpoint no longer describes it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub anchors: BTreeMap<String, BTreeMap<u32, String>>,
     /// Acknowledged record ids (hex) with the time their dedupe entry expires (ms).
     #[serde(default)]
     pub seen: Vec<(String, i64)>,
@@ -88,6 +130,7 @@ impl Checkpoint {
             source_id: source_id.to_owned(),
             written_at: Utc::now().to_rfc3339(),
             offsets: BTreeMap::new(),
+            anchors: BTreeMap::new(),
             seen: Vec::new(),
             files: BTreeMap::new(),
         }
@@ -99,6 +142,7 @@ impl Checkpoint {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.offsets.hash(&mut hasher);
+        self.anchors.hash(&mut hasher);
         self.seen.hash(&mut hasher);
         self.files.len().hash(&mut hasher);
         for (path, f) in &self.files {
@@ -266,7 +310,19 @@ impl Checkpoints {
         let mut plans = Vec::new();
         for source in &sources {
             let checkpoint = match loaded.get(source.id.as_ref()) {
-                Some(c) => self.unless_stale(source, c).await?,
+                Some(Ok(c)) if c.source_id != *source.id => {
+                    return Err(CheckpointError::Corrupt {
+                        at: format!("{} ({})", self.store.describe(), source.id),
+                        detail: format!("it belongs to source `{}`", c.source_id),
+                    });
+                }
+                Some(Ok(c)) => self.unless_stale(source, c).await?,
+                Some(Err(Unreadable { at, detail })) => {
+                    return Err(CheckpointError::Corrupt {
+                        at: at.clone(),
+                        detail: detail.clone(),
+                    });
+                }
                 None => None,
             };
             if let Some(c) = checkpoint {
@@ -328,38 +384,58 @@ impl Checkpoints {
         Ok(recovery)
     }
 
-    /// The checkpoint, unless it covers offsets past the end of its topics: the log or the
-    /// topic was deleted (or replaced) since, so its ids would stop records that are no longer
-    /// stored from being sent again. Then the source starts as if it had none.
+    /// The checkpoint, unless its topics no longer hold the records it covers: the log or
+    /// a topic was deleted (and perhaps refilled) since, so its ids would keep records that
+    /// are no longer stored from being sent again. Then the source starts as if it had none
+    /// and rebuilds its window from what the topics hold.
     async fn unless_stale<'c>(
         self: &Arc<Self>,
         source: &SourceInfo,
         checkpoint: &'c Checkpoint,
     ) -> Result<Option<&'c Checkpoint>, CheckpointError> {
-        let covered: Vec<(String, u32, u64)> = checkpoint
-            .offsets
-            .iter()
-            .flat_map(|(t, ps)| ps.iter().map(move |(p, o)| (t.clone(), *p, *o)))
-            .collect();
         let this = self.clone();
-        let beyond = tokio::task::spawn_blocking(move || {
-            for (topic, partition, offset) in covered {
-                if !this.tail.holds(&topic, partition, offset)? {
-                    return Ok(Some((topic, partition, offset)));
+        let offsets = checkpoint.offsets.clone();
+        let anchors = checkpoint.anchors.clone();
+        let stale = tokio::task::spawn_blocking(move || {
+            for (topic, partitions) in &offsets {
+                let last: BTreeMap<u32, u64> = partitions
+                    .iter()
+                    .filter(|(_, end)| **end > 0)
+                    .map(|(p, end)| (*p, end - 1))
+                    .collect();
+                let found = this.tail.records_at(topic, &last)?;
+                for (partition, offset) in last {
+                    let expected = anchors
+                        .get(topic)
+                        .and_then(|a| a.get(&partition))
+                        .and_then(|hex| RecordId::from_hex(hex));
+                    let problem = match (found.get(&partition), expected) {
+                        (None | Some(AtOffset::Missing), _) => "is past the end of the partition",
+                        (Some(AtOffset::Record(Some(id))), Some(expected)) if *id != expected => {
+                            "holds another record than the one checkpointed"
+                        }
+                        (Some(AtOffset::Record(None)), Some(_)) => {
+                            "holds a record firestream did not write"
+                        }
+                        // Deleted by retention, or a checkpoint without anchors: the
+                        // offsets are all there is to check.
+                        _ => continue,
+                    };
+                    return Ok(Some(format!(
+                        "{topic}/{partition} offset {offset} {problem}"
+                    )));
                 }
             }
             Ok::<_, CheckpointError>(None)
         })
         .await
         .map_err(|e| CheckpointError::Kafka(format!("recovery task: {e}")))??;
-        match beyond {
+        match stale {
             None => Ok(Some(checkpoint)),
-            Some((topic, partition, offset)) => {
+            Some(why) => {
                 warn!(
                     source = %source.id,
-                    %topic,
-                    partition,
-                    checkpoint_offset = offset,
+                    checkpoint = %why,
                     "the checkpoint covers records the topic no longer has (deleted or replaced): it is ignored, and the source rebuilds its window from what the topics hold"
                 );
                 Ok(None)
@@ -393,9 +469,17 @@ impl Checkpoints {
             let mut ids = Vec::new();
             // Where each partition's reading ends; at least where it started.
             let mut ends: BTreeMap<u32, u64> = offsets.clone();
+            // The last firestream record read in each partition: the anchor of its end.
+            let mut last: BTreeMap<u32, (u64, RecordId)> = BTreeMap::new();
             read += self.tail.scan(&topic, &starts, &mut |record| {
                 let end = ends.entry(record.partition).or_default();
                 *end = (*end).max(record.offset + 1);
+                let newest = last
+                    .entry(record.partition)
+                    .or_insert((record.offset, record.id));
+                if record.offset >= newest.0 {
+                    *newest = (record.offset, record.id);
+                }
                 let in_range = match starts.get(&record.partition) {
                     Some(StartAt::Offset(o)) => record.offset >= *o,
                     Some(StartAt::Time(t)) => record.timestamp_ms >= *t,
@@ -411,7 +495,12 @@ impl Checkpoints {
             // acknowledged still covers it.
             let topic: Arc<str> = Arc::from(topic.as_str());
             for (partition, end) in ends.into_iter().filter(|(_, end)| *end > 0) {
-                self.ledger.acked(&source.id, &topic, partition, end - 1);
+                let anchor = last
+                    .get(&partition)
+                    .filter(|(offset, _)| offset + 1 == end)
+                    .map(|(_, id)| *id);
+                self.ledger
+                    .acked(&source.id, &topic, partition, end - 1, anchor);
             }
             debug!(source = %source.id, %topic, "topic tail read back");
         }
@@ -426,7 +515,7 @@ impl Checkpoints {
         let mut changed = Vec::new();
         for source in &sources {
             // Offsets before ids (see [`OffsetLedger::covered`]).
-            let offsets = self.ledger.covered(&source.id);
+            let (offsets, anchors) = split_covered(self.ledger.covered(&source.id));
             let mut seen: Vec<(String, i64)> = self
                 .dedupe
                 .for_type(source.source_type)
@@ -441,6 +530,7 @@ impl Checkpoints {
                 source_id: source.id.to_string(),
                 written_at: now.to_rfc3339(),
                 offsets,
+                anchors,
                 seen,
                 files,
             };

@@ -19,7 +19,7 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Checkpoint, CheckpointError};
+use super::{Checkpoint, CheckpointError, Loaded, Unreadable};
 
 /// The compacted topic of the Kafka store.
 pub const CHECKPOINT_TOPIC: &str = "firestream-checkpoints";
@@ -33,8 +33,9 @@ pub trait CheckpointStore: Send + Sync {
     /// What and where, for log lines.
     fn describe(&self) -> String;
 
-    /// The newest checkpoint of every source that has one.
-    async fn load_all(&self) -> Result<HashMap<String, Checkpoint>, CheckpointError>;
+    /// The newest checkpoint of every source that has one, or why it cannot be read: a
+    /// damaged checkpoint stops its own source, not the others.
+    async fn load_all(&self) -> Result<Loaded, CheckpointError>;
 
     /// Stores checkpoints durably; returns once they would survive a crash.
     async fn save(&self, checkpoints: Vec<Checkpoint>) -> Result<(), CheckpointError>;
@@ -60,7 +61,7 @@ impl CheckpointStore for TransactionalStore {
         format!("topic {CHECKPOINT_TOPIC} (transactional)")
     }
 
-    async fn load_all(&self) -> Result<HashMap<String, Checkpoint>, CheckpointError> {
+    async fn load_all(&self) -> Result<Loaded, CheckpointError> {
         self.reader.load_all().await
     }
 
@@ -101,7 +102,7 @@ impl DirStore {
         ))
     }
 
-    fn load_sync(dir: &Path) -> Result<HashMap<String, Checkpoint>, CheckpointError> {
+    fn load_sync(dir: &Path) -> Result<Loaded, CheckpointError> {
         let mut all = HashMap::new();
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -116,14 +117,18 @@ impl DirStore {
             let Some(stem) = name.strip_suffix(".json") else {
                 continue;
             };
-            let text = fs::read(&path).map_err(|e| CheckpointError::io(&path, e))?;
-            let checkpoint: Checkpoint =
-                serde_json::from_slice(&text).map_err(|e| CheckpointError::Corrupt {
-                    at: path.display().to_string(),
-                    detail: e.to_string(),
-                })?;
             let id = percent_decode_str(stem).decode_utf8_lossy().into_owned();
-            all.insert(id, checkpoint);
+            let checkpoint = match fs::read(&path) {
+                Ok(text) => serde_json::from_slice(&text).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            all.insert(
+                id,
+                checkpoint.map_err(|detail| Unreadable {
+                    at: path.display().to_string(),
+                    detail,
+                }),
+            );
         }
         Ok(all)
     }
@@ -155,7 +160,7 @@ impl CheckpointStore for DirStore {
         format!("directory {}", self.dir.display())
     }
 
-    async fn load_all(&self) -> Result<HashMap<String, Checkpoint>, CheckpointError> {
+    async fn load_all(&self) -> Result<Loaded, CheckpointError> {
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || Self::load_sync(&dir))
             .await
@@ -252,10 +257,7 @@ impl KafkaStore {
         Ok(())
     }
 
-    fn load_sync(
-        client: ClientConfig,
-        timeout: Duration,
-    ) -> Result<HashMap<String, Checkpoint>, CheckpointError> {
+    fn load_sync(client: ClientConfig, timeout: Duration) -> Result<Loaded, CheckpointError> {
         let kafka =
             |e: KafkaError| CheckpointError::Kafka(format!("reading {CHECKPOINT_TOPIC}: {e}"));
         let consumer: BaseConsumer = client
@@ -311,11 +313,11 @@ impl KafkaStore {
                     all.remove(&key);
                 }
                 Some(value) => {
-                    let checkpoint: Checkpoint =
-                        serde_json::from_slice(value).map_err(|e| CheckpointError::Corrupt {
+                    let checkpoint =
+                        serde_json::from_slice::<Checkpoint>(value).map_err(|e| Unreadable {
                             at: format!("{CHECKPOINT_TOPIC} offset {}", message.offset()),
                             detail: e.to_string(),
-                        })?;
+                        });
                     all.insert(key, checkpoint);
                 }
             }
@@ -330,7 +332,7 @@ impl CheckpointStore for KafkaStore {
         format!("topic {CHECKPOINT_TOPIC}")
     }
 
-    async fn load_all(&self) -> Result<HashMap<String, Checkpoint>, CheckpointError> {
+    async fn load_all(&self) -> Result<Loaded, CheckpointError> {
         self.ensure_topic().await?;
         let (client, timeout) = (self.client.clone(), self.timeout);
         tokio::task::spawn_blocking(move || Self::load_sync(client, timeout))
@@ -384,8 +386,8 @@ mod tests {
         store.save(vec![newer.clone()]).await.unwrap();
         let loaded = store.load_all().await.unwrap();
         assert_eq!(loaded.len(), 2);
-        assert_eq!(loaded["firms/viirs ca"], newer);
-        assert_eq!(loaded["nws"], b);
+        assert_eq!(loaded["firms/viirs ca"], Ok(newer));
+        assert_eq!(loaded["nws"], Ok(b));
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(dir.path().join("checkpoints"))
             .unwrap()
@@ -395,15 +397,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_damaged_checkpoint_file_is_reported_with_its_path() {
+    async fn a_damaged_checkpoint_file_is_reported_with_its_path_and_spares_the_others() {
         let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path().to_owned());
+        store.save(vec![Checkpoint::empty("fine")]).await.unwrap();
         fs::write(dir.path().join("s.json"), b"{\"version\": 1, \"sou").unwrap();
-        let err = DirStore::new(dir.path().to_owned())
-            .load_all()
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("s.json"), "{err}");
-        assert!(err.contains("delete"), "{err}");
+        let loaded = store.load_all().await.unwrap();
+        assert_eq!(loaded["fine"].as_ref().unwrap().source_id, "fine");
+        let damaged = loaded["s"].as_ref().unwrap_err();
+        assert!(damaged.at.ends_with("s.json"), "{damaged:?}");
+        assert!(damaged.detail.contains("EOF"), "{damaged:?}");
     }
 }

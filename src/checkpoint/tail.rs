@@ -36,14 +36,29 @@ pub struct TailRecord {
     pub id: RecordId,
 }
 
+/// What a partition holds at an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtOffset {
+    /// The offset is past the partition's end (or the partition does not exist).
+    Missing,
+    /// Below the partition's start: deleted by retention.
+    Deleted,
+    /// A record, with its `firestream-id` when it has one.
+    Record(Option<RecordId>),
+}
+
 /// A topic store that recovery can read: the local log or a Kafka cluster.
 pub trait TailSource: Send + Sync {
     /// The topic's partitions; empty when the topic does not exist.
     fn partitions(&self, topic: &str) -> Result<Vec<u32>, CheckpointError>;
 
-    /// Whether the partition still holds offsets below `end`: a checkpoint covering offsets
-    /// past its end belongs to a topic that was deleted or replaced since.
-    fn holds(&self, topic: &str, partition: u32, end: u64) -> Result<bool, CheckpointError>;
+    /// What each partition holds at an offset: recovery checks that a checkpoint's last
+    /// covered record is still the one it names.
+    fn records_at(
+        &self,
+        topic: &str,
+        offsets: &BTreeMap<u32, u64>,
+    ) -> Result<BTreeMap<u32, AtOffset>, CheckpointError>;
 
     /// Calls `found` for each record from each partition's start to its current end.
     /// Records without firestream's headers (written by something else) are skipped.
@@ -61,6 +76,12 @@ struct LineHeaders<'a> {
     source_id: Option<Cow<'a, str>>,
     #[serde(borrow, rename = "firestream-id")]
     id: Option<Cow<'a, str>>,
+}
+
+/// The `firestream-id` of a log line, when it has one.
+fn line_id(line: &str) -> Option<RecordId> {
+    let head = serde_json::from_str::<LineHead<'_>>(line).ok()?;
+    RecordId::from_hex(&head.headers?.id?)
 }
 
 #[derive(serde::Deserialize)]
@@ -81,11 +102,33 @@ impl LogTail {
 }
 
 impl TailSource for LogTail {
-    fn holds(&self, topic: &str, partition: u32, end: u64) -> Result<bool, CheckpointError> {
-        let dir = self.dir.join(topic).join(partition.to_string());
-        let log_end = crate::sinks::log::groups::log_end_offset(&dir)
-            .map_err(|e| CheckpointError::io(&dir, e))?;
-        Ok(log_end >= end)
+    fn records_at(
+        &self,
+        topic: &str,
+        offsets: &BTreeMap<u32, u64>,
+    ) -> Result<BTreeMap<u32, AtOffset>, CheckpointError> {
+        let topic_dir = self.dir.join(topic);
+        let mut found = BTreeMap::new();
+        for (&partition, &offset) in offsets {
+            let dir = topic_dir.join(partition.to_string());
+            let io = |e| CheckpointError::io(&dir, e);
+            let start = crate::sinks::log::groups::log_start_offset(&dir).map_err(io)?;
+            let end = crate::sinks::log::groups::log_end_offset(&dir).map_err(io)?;
+            let at = if offset >= end {
+                AtOffset::Missing
+            } else if offset < start {
+                AtOffset::Deleted
+            } else {
+                let mut reader =
+                    PartitionReader::starting_at(&topic_dir, partition, offset).map_err(io)?;
+                match reader.next_entry().map_err(io)? {
+                    Some(entry) if entry.offset == offset => AtOffset::Record(line_id(&entry.line)),
+                    _ => AtOffset::Missing,
+                }
+            };
+            found.insert(partition, at);
+        }
+        Ok(found)
     }
 
     fn partitions(&self, topic: &str) -> Result<Vec<u32>, CheckpointError> {
@@ -194,40 +237,88 @@ pub(super) fn reached(consumer: &BaseConsumer, topic: &str, partition: i32, end:
 }
 
 impl TailSource for KafkaTail {
-    fn holds(&self, topic: &str, partition: u32, end: u64) -> Result<bool, CheckpointError> {
+    fn records_at(
+        &self,
+        topic: &str,
+        offsets: &BTreeMap<u32, u64>,
+    ) -> Result<BTreeMap<u32, AtOffset>, CheckpointError> {
         let kafka = |e: KafkaError| CheckpointError::Kafka(format!("reading {topic}: {e}"));
-        if end == 0 {
-            return Ok(true);
-        }
-        if !self.partitions(topic)?.contains(&partition) {
-            return Ok(false);
-        }
+        let partitions = self.partitions(topic)?;
         let consumer = self.consumer()?;
-        let p = partition as i32;
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, self.timeout)
-            .map_err(kafka)?;
-        if high >= end as i64 {
-            return Ok(true);
-        }
-        // The high watermark can be short (tansu 0.6): look for the last covered record itself.
+        let mut found = BTreeMap::new();
+        let mut highs = BTreeMap::new();
         let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(topic, p, Offset::Offset(end as i64 - 1))
-            .map_err(kafka)?;
-        consumer.assign(&assignment).map_err(kafka)?;
-        let started = Instant::now();
-        while started.elapsed() < PAST_HIGH_WATERMARK {
-            if let Some(message) = consumer.poll(Duration::from_millis(100))
-                && message.map_err(kafka)?.offset() >= end as i64 - 1
-            {
-                return Ok(true);
+        for (&partition, &offset) in offsets {
+            if !partitions.contains(&partition) {
+                found.insert(partition, AtOffset::Missing);
+                continue;
             }
-            if reached(&consumer, topic, p, end as i64) {
-                return Ok(true);
+            let p = partition as i32;
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, self.timeout)
+                .map_err(kafka)?;
+            highs.insert(partition, high);
+            if (offset as i64) < low {
+                found.insert(partition, AtOffset::Deleted);
+                continue;
             }
+            assignment
+                .add_partition_offset(topic, p, Offset::Offset(offset as i64))
+                .map_err(kafka)?;
         }
-        Ok(false)
+        if assignment.count() == 0 {
+            return Ok(found);
+        }
+        consumer.assign(&assignment).map_err(kafka)?;
+        let mut waiting: BTreeMap<u32, u64> = offsets
+            .iter()
+            .filter(|(p, _)| !found.contains_key(p))
+            .map(|(p, o)| (*p, *o))
+            .collect();
+        // Below the high watermark the record is there: wait for it. Above, it may be too
+        // (tansu 0.6 reports a short high watermark): wait until nothing comes for a moment.
+        let patience = |waiting: &BTreeMap<u32, u64>| {
+            let below = waiting
+                .iter()
+                .any(|(p, o)| highs.get(p).is_some_and(|&high| (*o as i64) < high));
+            if below {
+                self.timeout
+            } else {
+                PAST_HIGH_WATERMARK
+            }
+        };
+        let mut last_progress = Instant::now();
+        while !waiting.is_empty() && last_progress.elapsed() < patience(&waiting) {
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let message = message.map_err(kafka)?;
+            last_progress = Instant::now();
+            let partition = message.partition() as u32;
+            let Some(&offset) = waiting.get(&partition) else {
+                continue;
+            };
+            let id = if message.offset() == offset as i64 {
+                message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == "firestream-id")
+                        .and_then(|h| h.value)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(RecordId::from_hex)
+                })
+            } else {
+                // The offset holds no message a consumer receives (a commit marker, or an
+                // aborted record).
+                None
+            };
+            found.insert(partition, AtOffset::Record(id));
+            waiting.remove(&partition);
+        }
+        for partition in waiting.into_keys() {
+            found.insert(partition, AtOffset::Missing);
+        }
+        Ok(found)
     }
 
     fn partitions(&self, topic: &str) -> Result<Vec<u32>, CheckpointError> {
