@@ -230,8 +230,11 @@ const SECRET_PARAMS: [&str; 8] = [
 /// redacted. Text that is not a URL is only redacted of `secrets`.
 pub fn shown_url<'a>(url: &str, secrets: impl IntoIterator<Item = &'a Secret>) -> String {
     let secrets: Vec<&Secret> = secrets.into_iter().collect();
-    let Ok(mut parsed) = url::Url::parse(url) else {
-        return redact(url, secrets);
+    // Secrets first, in the text as configured: a value holding `&` or `=` would otherwise be
+    // split into several query pairs, and only the first named like a credential.
+    let url = redact(url, secrets.iter().copied());
+    let Ok(mut parsed) = url::Url::parse(&url) else {
+        return url;
     };
     if !parsed.username().is_empty() {
         let _ = parsed.set_username(REDACTED);
@@ -349,5 +352,13 @@ mod tests {
             redact(r#"{"u": "API_KEY=FAKE2\/k+e=y"}"#, [&key]),
             r#"{"u": "API_KEY=<redacted>"}"#
         );
+    }
+
+    #[test]
+    fn a_secret_holding_query_syntax_is_redacted_whole() {
+        let secret = Secret::new("S3cr+t/Key&x=1");
+        let url = "https://api.example/v1?api_key=S3cr+t/Key&x=1&q=1";
+        let shown = shown_url(url, [&secret]);
+        assert_eq!(shown, "https://api.example/v1?api_key=<redacted>&q=1");
     }
 }
