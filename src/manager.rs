@@ -484,7 +484,7 @@ impl StreamManager {
                     Ok(None) => {}
                     Err(e) => {
                         let _entered = span.enter();
-                        tracing::error!(error = %e, "the source does not run: its checkpoint cannot be read");
+                        tracing::error!(error = %e, "the source does not run: recovery cannot read its checkpoint or its topics");
                     }
                 }
             });
@@ -665,7 +665,9 @@ impl StreamManager {
 /// starts. While its store or topics cannot be read (a Kafka partition without a leader),
 /// it tries again (with `retry`: a running service) until it can, or until `shutdown` (then
 /// `None`: the source must not start): starting without it could send records twice. Other
-/// sources do not wait for it. A one-shot ingest fails instead.
+/// sources do not wait for it. A one-shot ingest fails instead, and so does a source whose
+/// checkpoint or log files are damaged for good ([`CheckpointError::is_permanent`]): waiting
+/// would never end. (A damaged line inside a segment is not such an error: readers skip it.)
 async fn recover_source(
     checkpoints: &Arc<Checkpoints>,
     source: SourceInfo,
@@ -686,7 +688,7 @@ async fn recover_source(
                 );
                 return Ok(Some(recovery));
             }
-            Err(e @ CheckpointError::Corrupt { .. }) => return Err(e),
+            Err(e) if e.is_permanent() => return Err(e),
             Err(e) if !retry => return Err(e),
             Err(e) => {
                 warn!(error = %e, retry_in_s = wait.as_secs(), "cannot recover yet; the source waits");
