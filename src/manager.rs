@@ -109,6 +109,9 @@ pub struct Report {
     pub lost: u64,
     /// Dead letters the sink refused that went to the local log's DLQ instead.
     pub dlq_fallback: u64,
+    /// Lines of the local log found not to be records (skipped by every reader, each logged
+    /// once with its segment and line; see README "The local log").
+    pub damaged_log_lines: u64,
     /// The sink and whether it could deliver, as last seen at the end of the run.
     pub sink: SinkStatus,
     /// `ingest` only: files a signal kept from being read to the end (the first may be
@@ -148,6 +151,7 @@ impl Report {
             dlq_fallback: stats
                 .dlq_fallback
                 .load(std::sync::atomic::Ordering::Relaxed),
+            damaged_log_lines: crate::sinks::log::damaged_lines(),
             sink,
             not_read: Vec::new(),
             upstream: stats
