@@ -464,8 +464,8 @@ impl Checkpoints {
                         (Some(AtOffset::Record(None)), Some(_)) => {
                             "holds a record firestream did not write"
                         }
-                        // Deleted by retention, or a checkpoint without anchors: the
-                        // offsets are all there is to check.
+                        // Deleted by retention, a damaged line in the local log, or a
+                        // checkpoint without anchors: the offsets are all there is to check.
                         _ => continue,
                     };
                     return Ok(Some(format!(

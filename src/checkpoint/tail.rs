@@ -45,6 +45,9 @@ pub enum AtOffset {
     Deleted,
     /// A record, with its `firestream-id` when it has one.
     Record(Option<RecordId>),
+    /// Inside the partition, but its line in the local log is damaged (skipped and warned
+    /// about by the reader): there is nothing to compare, as for a deleted record.
+    Damaged,
 }
 
 /// A topic store that recovery can read: the local log or a Kafka cluster.
@@ -123,7 +126,8 @@ impl TailSource for LogTail {
                     PartitionReader::starting_at(&topic_dir, partition, offset).map_err(io)?;
                 match reader.next_entry().map_err(io)? {
                     Some(entry) if entry.offset == offset => AtOffset::Record(line_id(&entry.line)),
-                    _ => AtOffset::Missing,
+                    // Below the log end yet not read: the reader skipped its damaged line.
+                    _ => AtOffset::Damaged,
                 }
             };
             found.insert(partition, at);
@@ -465,6 +469,25 @@ mod tests {
             AtOffset::Record(RecordId::from_hex(&format!("{:032x}", 11)))
         );
         assert_eq!(at(12), AtOffset::Missing);
+        // A checkpoint's last covered record damaged since: not proof the topic was replaced.
+        let text = fs::read(p0.join(segment_name(0))).unwrap();
+        let damaged: Vec<u8> = text
+            .split_inclusive(|&b| b == b'\n')
+            .enumerate()
+            .flat_map(|(i, l)| {
+                if i == 11 {
+                    b"\x00\n".to_vec()
+                } else {
+                    l.to_vec()
+                }
+            })
+            .collect();
+        fs::write(p0.join(segment_name(0)), damaged).unwrap();
+        assert_eq!(at(10), AtOffset::Damaged);
+        assert_eq!(
+            at(11),
+            AtOffset::Record(RecordId::from_hex(&format!("{:032x}", 11)))
+        );
     }
 
     #[test]
