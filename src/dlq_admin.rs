@@ -804,6 +804,62 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn damaged_lines_in_the_dlq_are_skipped_by_list_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::parse("", Path::new("t.yaml")).unwrap();
+        config.sink.log.dir = dir.path().to_owned();
+        let router = Router::new(&config);
+        let letters: Vec<DeadLetter> = (1..=3)
+            .map(|n| {
+                DeadLetter::envelope(
+                    Stage::Deliver,
+                    "disk_full",
+                    "no space",
+                    1,
+                    Arc::from("s"),
+                    "t-a".into(),
+                    "s".into(),
+                    &envelope(n),
+                )
+            })
+            .collect();
+        let sink = crate::sinks::log::LogSink::open(&config).unwrap();
+        let outcomes = sink
+            .send(letters.iter().map(|d| router.dead_letter(d)).collect())
+            .await;
+        let partition = outcomes[0].1.as_ref().unwrap().partition;
+        sink.close().await.unwrap();
+        drop(sink);
+        // Garbage between the first and second letter, bytes that are not UTF-8 after it.
+        let path = dir
+            .path()
+            .join(DLQ_TOPIC)
+            .join(partition.to_string())
+            .join(crate::sinks::log::segment_name(0));
+        let text = std::fs::read(&path).unwrap();
+        let mut lines = text.split_inclusive(|&b| b == b'\n');
+        let mut damaged = lines.next().unwrap().to_vec();
+        damaged.extend_from_slice(b"this is not json\n");
+        damaged.extend(lines.next().unwrap());
+        damaged.extend_from_slice(b"\xc3\x28\n");
+        damaged.extend(lines.next().unwrap());
+        std::fs::write(&path, damaged).unwrap();
+
+        let listing = list(dir.path(), &Filter::default(), 10).unwrap();
+        let offsets: Vec<u64> = listing.letters.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2]);
+        assert!(listing.unreadable.is_empty());
+        let s = replay(&config, &Filter::default(), false).await.unwrap();
+        assert_eq!((s.considered, s.replayed, s.failed_again), (3, 3, 0));
+        assert_eq!(
+            groups::read_group(dir.path(), DLQ_TOPIC, REPLAY_GROUP)
+                .unwrap()
+                .unwrap_or_default(),
+            BTreeMap::from([(partition, 3)])
+        );
+    }
+
     #[test]
     fn group_offset_advances_over_the_handled_prefix_and_remembers_the_rest() {
         let entries: Vec<Entry> = [(0, 3), (0, 4), (0, 5), (0, 6), (1, 0), (1, 1)]

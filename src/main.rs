@@ -271,6 +271,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             group,
         } => {
             let config = load(&config.config)?;
+            // Warnings (a damaged line skipped) go to stderr; records to stdout.
+            init_logging(&config);
             let options = TailOptions {
                 from_beginning,
                 lines,
@@ -294,6 +296,7 @@ fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let config = load(&config.config)?;
+            init_logging(&config);
             dlq_admin::print_list(&config, &filter.into_filter(), lines, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -514,6 +517,13 @@ fn print_summary(label: &str, files: usize, report: &Report) {
             out,
             "  DLQ fallback: {} dead letter(s) the sink refused are in the local log's firestream-dlq",
             report.dlq_fallback
+        );
+    }
+    if report.damaged_log_lines > 0 {
+        let _ = writeln!(
+            out,
+            "  DAMAGED LOG LINES: {} line(s) of the local log are not records; skipped, kept on disk, each named in a warning",
+            report.damaged_log_lines
         );
     }
     if report.lost > 0 {

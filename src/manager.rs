@@ -109,6 +109,9 @@ pub struct Report {
     pub lost: u64,
     /// Dead letters the sink refused that went to the local log's DLQ instead.
     pub dlq_fallback: u64,
+    /// Lines of the local log found not to be records (skipped by every reader, each logged
+    /// once with its segment and line; see README "The local log").
+    pub damaged_log_lines: u64,
     /// The sink and whether it could deliver, as last seen at the end of the run.
     pub sink: SinkStatus,
     /// `ingest` only: files a signal kept from being read to the end (the first may be
@@ -148,6 +151,7 @@ impl Report {
             dlq_fallback: stats
                 .dlq_fallback
                 .load(std::sync::atomic::Ordering::Relaxed),
+            damaged_log_lines: crate::sinks::log::damaged_lines(),
             sink,
             not_read: Vec::new(),
             upstream: stats
@@ -484,7 +488,7 @@ impl StreamManager {
                     Ok(None) => {}
                     Err(e) => {
                         let _entered = span.enter();
-                        tracing::error!(error = %e, "the source does not run: its checkpoint cannot be read");
+                        tracing::error!(error = %e, "the source does not run: recovery cannot read its checkpoint or its topics");
                     }
                 }
             });
@@ -665,7 +669,9 @@ impl StreamManager {
 /// starts. While its store or topics cannot be read (a Kafka partition without a leader),
 /// it tries again (with `retry`: a running service) until it can, or until `shutdown` (then
 /// `None`: the source must not start): starting without it could send records twice. Other
-/// sources do not wait for it. A one-shot ingest fails instead.
+/// sources do not wait for it. A one-shot ingest fails instead, and so does a source whose
+/// checkpoint or log files are damaged for good ([`CheckpointError::is_permanent`]): waiting
+/// would never end. (A damaged line inside a segment is not such an error: readers skip it.)
 async fn recover_source(
     checkpoints: &Arc<Checkpoints>,
     source: SourceInfo,
@@ -686,7 +692,7 @@ async fn recover_source(
                 );
                 return Ok(Some(recovery));
             }
-            Err(e @ CheckpointError::Corrupt { .. }) => return Err(e),
+            Err(e) if e.is_permanent() => return Err(e),
             Err(e) if !retry => return Err(e),
             Err(e) => {
                 warn!(error = %e, retry_in_s = wait.as_secs(), "cannot recover yet; the source waits");

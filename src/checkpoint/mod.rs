@@ -87,6 +87,35 @@ pub enum CheckpointError {
     Corrupt { at: String, detail: String },
     #[error("checkpoint store: {0}")]
     Kafka(String),
+    /// Reading a topic of the local log back (recovery's tail scan), not the checkpoint store.
+    #[error("reading {path} back for recovery: {source}{}", topic_hint(source))]
+    Topic {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What to do about a local-log read error that waiting will not fix.
+fn topic_hint(e: &std::io::Error) -> &'static str {
+    if topic_error_is_permanent(e) {
+        "; waiting will not fix this: make the partition's files readable (or move the \
+         offending file out of the partition directory) and start again"
+    } else {
+        ""
+    }
+}
+
+/// Permissions, a file where a directory belongs (or the reverse), unreadable data: the
+/// same on every retry.
+fn topic_error_is_permanent(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::PermissionDenied
+            | ErrorKind::NotADirectory
+            | ErrorKind::IsADirectory
+            | ErrorKind::InvalidData
+    )
 }
 
 impl CheckpointError {
@@ -94,6 +123,24 @@ impl CheckpointError {
         CheckpointError::Io {
             path: path.display().to_string(),
             source,
+        }
+    }
+
+    fn topic(path: &Path, source: std::io::Error) -> Self {
+        CheckpointError::Topic {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Whether trying again cannot help: a damaged checkpoint, or a topic of the local log
+    /// that cannot be read for good. A source then does not start (and says why) instead of
+    /// waiting for ever.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            CheckpointError::Corrupt { .. } => true,
+            CheckpointError::Topic { source, .. } => topic_error_is_permanent(source),
+            CheckpointError::Io { .. } | CheckpointError::Kafka(_) => false,
         }
     }
 }
@@ -417,8 +464,8 @@ impl Checkpoints {
                         (Some(AtOffset::Record(None)), Some(_)) => {
                             "holds a record firestream did not write"
                         }
-                        // Deleted by retention, or a checkpoint without anchors: the
-                        // offsets are all there is to check.
+                        // Deleted by retention, a damaged line in the local log, or a
+                        // checkpoint without anchors: the offsets are all there is to check.
                         _ => continue,
                     };
                     return Ok(Some(format!(

@@ -45,6 +45,9 @@ pub enum AtOffset {
     Deleted,
     /// A record, with its `firestream-id` when it has one.
     Record(Option<RecordId>),
+    /// Inside the partition, but its line in the local log is damaged (skipped and warned
+    /// about by the reader): there is nothing to compare, as for a deleted record.
+    Damaged,
 }
 
 /// A topic store that recovery can read: the local log or a Kafka cluster.
@@ -111,7 +114,7 @@ impl TailSource for LogTail {
         let mut found = BTreeMap::new();
         for (&partition, &offset) in offsets {
             let dir = topic_dir.join(partition.to_string());
-            let io = |e| CheckpointError::io(&dir, e);
+            let io = |e| CheckpointError::topic(&dir, e);
             let start = crate::sinks::log::groups::log_start_offset(&dir).map_err(io)?;
             let end = crate::sinks::log::groups::log_end_offset(&dir).map_err(io)?;
             let at = if offset >= end {
@@ -123,7 +126,8 @@ impl TailSource for LogTail {
                     PartitionReader::starting_at(&topic_dir, partition, offset).map_err(io)?;
                 match reader.next_entry().map_err(io)? {
                     Some(entry) if entry.offset == offset => AtOffset::Record(line_id(&entry.line)),
-                    _ => AtOffset::Missing,
+                    // Below the log end yet not read: the reader skipped its damaged line.
+                    _ => AtOffset::Damaged,
                 }
             };
             found.insert(partition, at);
@@ -140,7 +144,7 @@ impl TailSource for LogTail {
         match reader::partitions(&self.dir, topic) {
             Ok(partitions) => Ok(partitions),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(CheckpointError::io(&self.dir.join(topic), e)),
+            Err(e) => Err(CheckpointError::topic(&self.dir.join(topic), e)),
         }
     }
 
@@ -153,7 +157,7 @@ impl TailSource for LogTail {
         let topic_dir = self.dir.join(topic);
         let mut read = 0;
         for (&partition, &start) in starts {
-            let io = |e| CheckpointError::io(&topic_dir.join(partition.to_string()), e);
+            let io = |e| CheckpointError::topic(&topic_dir.join(partition.to_string()), e);
             let mut partition_reader = PartitionReader::new(&topic_dir, partition);
             let (from_offset, from_time) = match start {
                 StartAt::Offset(offset) => {
@@ -413,5 +417,102 @@ impl TailSource for KafkaTail {
             }
         }
         Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::log::segment_name;
+    use std::fs;
+
+    fn line(offset: u64) -> String {
+        format!(
+            "{{\"offset\":{offset},\"timestamp\":{},\"key\":\"k\",\"headers\":{{\"firestream-source-id\":\"s\",\"firestream-id\":\"{:032x}\"}},\"value\":{{}}}}\n",
+            1_000 + offset,
+            offset
+        )
+    }
+
+    #[test]
+    fn recovery_reads_past_damaged_lines_and_the_log_end_ignores_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p0 = dir.path().join("t/0");
+        fs::create_dir_all(&p0).unwrap();
+        // Line 11 is not JSON, a later one not UTF-8, and the last one is garbage too.
+        let mut bytes: Vec<u8> = (0..10).flat_map(|o| line(o).into_bytes()).collect();
+        bytes.extend_from_slice(b"this is not json\n");
+        bytes.extend_from_slice(line(10).as_bytes());
+        bytes.extend_from_slice(b"\xff\xfe\xfd\n");
+        bytes.extend_from_slice(line(11).as_bytes());
+        bytes.extend_from_slice(b"garbage at the end\n");
+        fs::write(p0.join(segment_name(0)), bytes).unwrap();
+        let tail = LogTail::new(dir.path().to_owned());
+        let mut offsets = Vec::new();
+        let read = tail
+            .scan("t", &[(0, StartAt::Time(0))].into(), &mut |r| {
+                offsets.push(r.offset)
+            })
+            .unwrap();
+        assert_eq!(read, 12);
+        assert_eq!(offsets, (0..12).collect::<Vec<_>>());
+        // From a checkpoint's offset inside the damage.
+        let mut offsets = Vec::new();
+        tail.scan("t", &[(0, StartAt::Offset(10))].into(), &mut |r| {
+            offsets.push(r.offset)
+        })
+        .unwrap();
+        assert_eq!(offsets, vec![10, 11]);
+        let at = |offset| tail.records_at("t", &[(0, offset)].into()).unwrap()[&0];
+        assert_eq!(
+            at(11),
+            AtOffset::Record(RecordId::from_hex(&format!("{:032x}", 11)))
+        );
+        assert_eq!(at(12), AtOffset::Missing);
+        // A checkpoint's last covered record damaged since: not proof the topic was replaced.
+        let text = fs::read(p0.join(segment_name(0))).unwrap();
+        let damaged: Vec<u8> = text
+            .split_inclusive(|&b| b == b'\n')
+            .enumerate()
+            .flat_map(|(i, l)| {
+                if i == 11 {
+                    b"\x00\n".to_vec()
+                } else {
+                    l.to_vec()
+                }
+            })
+            .collect();
+        fs::write(p0.join(segment_name(0)), damaged).unwrap();
+        assert_eq!(at(10), AtOffset::Damaged);
+        assert_eq!(
+            at(11),
+            AtOffset::Record(RecordId::from_hex(&format!("{:032x}", 11)))
+        );
+    }
+
+    #[test]
+    fn an_unreadable_segment_is_a_permanent_error_naming_the_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let p0 = dir.path().join("t/0");
+        // A directory where a segment file belongs: reading it fails the same way every time.
+        fs::create_dir_all(p0.join(segment_name(0))).unwrap();
+        let tail = LogTail::new(dir.path().to_owned());
+        let err = tail
+            .scan("t", &[(0, StartAt::Time(0))].into(), &mut |_| {})
+            .unwrap_err();
+        assert!(err.is_permanent(), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("reading {} back for recovery: ", p0.display())),
+            "{message}"
+        );
+        assert!(message.contains("waiting will not fix this"), "{message}");
+        // A transient one is retried, and says nothing about waiting.
+        let err = CheckpointError::topic(
+            &p0,
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "slow disk"),
+        );
+        assert!(!err.is_permanent());
+        assert!(!err.to_string().contains("waiting"), "{err}");
     }
 }

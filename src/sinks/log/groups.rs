@@ -11,6 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use super::damage;
 use super::segment::{list_segments, segment_name};
 
 /// Next offset to read, per partition.
@@ -90,8 +91,9 @@ pub fn log_start_offset(partition_dir: &Path) -> io::Result<u64> {
 }
 
 /// The offset the next record of a partition will get (Kafka's log-end offset / high
-/// watermark): one past the last complete line of the newest segment, or its base when it
-/// holds none. Reads only the end of the segment.
+/// watermark): one past the last record of the newest segment, or its base when it holds
+/// none. Reads only the end of the segment; damaged last lines are walked past (and
+/// reported), as the writer does when it opens the partition.
 pub fn log_end_offset(partition_dir: &Path) -> io::Result<u64> {
     let segments = match list_segments(partition_dir) {
         Ok(segments) => segments,
@@ -111,38 +113,16 @@ pub fn log_end_offset(partition_dir: &Path) -> io::Result<u64> {
         let mut tail = Vec::with_capacity((len - start) as usize);
         (&mut file).take(len - start).read_to_end(&mut tail)?;
         // Up to the last newline: a line still being written is not there yet.
-        let Some(end) = tail.iter().rposition(|&b| b == b'\n') else {
-            if start == 0 {
-                return Ok(base);
-            }
-            chunk *= 4;
-            continue;
-        };
-        let body = &tail[..end];
-        match body.iter().rposition(|&b| b == b'\n') {
-            Some(i) => return last_offset(&body[i + 1..], &path).map(|o| o + 1),
-            None if start == 0 => return last_offset(body, &path).map(|o| o + 1),
+        let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let found = damage::last_offset_in(&tail[..complete], start == 0, |at, why| {
+            let byte = start + at as u64;
+            damage::report(&path, byte, || damage::line_number_at(&path, byte), &why);
+        });
+        match found {
+            Some(offset) => return Ok(offset.map_or(base, |o| o + 1)),
             None => chunk *= 4,
         }
     }
-}
-
-fn last_offset(line: &[u8], path: &Path) -> io::Result<u64> {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        offset: u64,
-    }
-    serde_json::from_slice::<Head>(line)
-        .map(|h| h.offset)
-        .map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: the last line is not a log record ({e})",
-                    path.display()
-                ),
-            )
-        })
 }
 
 #[cfg(test)]
@@ -184,6 +164,24 @@ mod tests {
         // Retention removed the oldest segment: the log starts later.
         fs::remove_file(p.join(segment_name(0))).unwrap();
         assert_eq!(log_start_offset(&p).unwrap(), 3);
+    }
+
+    #[test]
+    fn log_end_walks_back_past_damaged_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t/0");
+        fs::create_dir_all(&p).unwrap();
+        // Damage longer than the first 64 KiB read: the walk reads further back.
+        let garbage = format!("{}\n", "x".repeat(100 * 1024));
+        fs::write(
+            p.join(segment_name(0)),
+            line(0) + &line(1) + &garbage + "\u{0}\n" + "this is not json\n",
+        )
+        .unwrap();
+        assert_eq!(log_end_offset(&p).unwrap(), 2);
+        // Bytes that are not UTF-8, in a segment with no record at all: its base.
+        fs::write(p.join(segment_name(2)), b"\xff\xfe\n").unwrap();
+        assert_eq!(log_end_offset(&p).unwrap(), 2);
     }
 
     #[test]

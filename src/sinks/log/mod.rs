@@ -10,8 +10,10 @@
 //! disk, any I/O error) is undone to the partition's last acknowledged line, so a segment is
 //! never left with half a record; the batch comes back as a retriable error and the sink
 //! reports itself not ready until a write succeeds again. With `sink.log.min_free_bytes` it
-//! refuses writes before the disk is actually full.
+//! refuses writes before the disk is actually full. A line that is not a record (a hand
+//! edit, disk damage) is skipped by every reader and reported once (see `damage.rs`).
 
+mod damage;
 pub mod groups;
 pub mod reader;
 pub mod retention;
@@ -34,6 +36,7 @@ use super::{Delivered, ErrorClass, Message, Outcome, Pending, Readiness, Sink, S
 use crate::config::{Config, FsyncPolicy};
 use crate::dlq::DLQ_TOPIC;
 
+pub use self::damage::damaged_lines;
 pub use self::segment::{list_segments, segment_name};
 
 /// A message and where it was appended (partition, offset), before the flush confirms it.

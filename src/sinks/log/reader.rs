@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use super::damage;
 use super::segment::{list_segments, segment_name};
 
 /// One stored message, as its raw JSON line (without the newline).
@@ -61,14 +62,18 @@ pub fn partitions(dir: &Path, topic: &str) -> io::Result<Vec<u32>> {
 /// Reads one partition's lines in offset order across its segments, resuming where it
 /// stopped; at the end it can be polled again for lines appended since. A segment deleted
 /// by retention before or while it is read is skipped: reading continues at the oldest
-/// segment still there (the new log start), as a Kafka consumer's offset reset does.
+/// segment still there (the new log start), as a Kafka consumer's offset reset does. A line
+/// that is not a record is skipped and reported (see `damage.rs`): one damaged line must not
+/// make the partition unreadable.
 pub struct PartitionReader {
     dir: PathBuf,
     partition: u32,
     segment: Option<u64>,
     position: u64,
+    /// Complete lines read in the current segment (for naming a damaged one).
+    line_no: u64,
     reader: Option<BufReader<File>>,
-    buf: String,
+    buf: Vec<u8>,
     /// Entries below this offset are skipped (a consumer group's starting point).
     skip_below: u64,
 }
@@ -80,8 +85,9 @@ impl PartitionReader {
             partition,
             segment: None,
             position: 0,
+            line_no: 0,
             reader: None,
-            buf: String::new(),
+            buf: Vec::new(),
             skip_below: 0,
         }
     }
@@ -108,6 +114,7 @@ impl PartitionReader {
             .or(segments.first())
             .copied();
         self.position = 0;
+        self.line_no = 0;
         self.reader = None;
         self.skip_below = offset;
         Ok(())
@@ -121,15 +128,31 @@ impl PartitionReader {
             }
             let reader = self.reader.as_mut().expect("opened above");
             self.buf.clear();
-            let n = reader.read_line(&mut self.buf)?;
-            if n > 0 && self.buf.ends_with('\n') {
+            // Bytes, not a String: a line that is not UTF-8 is damage to skip, not an error.
+            let n = reader.read_until(b'\n', &mut self.buf)?;
+            if n > 0 && self.buf.ends_with(b"\n") {
+                let start = self.position;
                 self.position += n as u64;
-                let line = self.buf.trim_end_matches('\n');
-                let entry = parse_entry(self.partition, line)?;
-                if entry.offset < self.skip_below {
+                self.line_no += 1;
+                let line = &self.buf[..n - 1];
+                let head = match damage::parse(line) {
+                    Ok(head) => head,
+                    Err(why) => {
+                        let segment = self.segment.expect("a segment is open");
+                        let path = self.dir.join(segment_name(segment));
+                        damage::report(&path, start, || Some(self.line_no), &why);
+                        continue;
+                    }
+                };
+                if head.offset < self.skip_below {
                     continue;
                 }
-                return Ok(Some(entry));
+                return Ok(Some(Entry {
+                    partition: self.partition,
+                    offset: head.offset,
+                    timestamp_ms: head.timestamp_ms,
+                    line: head.line.to_owned(),
+                }));
             }
             // End of this segment, or a line still being written: continue from its start.
             reader.seek(SeekFrom::Start(self.position))?;
@@ -140,6 +163,7 @@ impl PartitionReader {
                 Some(base) if n == 0 => {
                     self.segment = Some(base);
                     self.position = 0;
+                    self.line_no = 0;
                     self.reader = None;
                 }
                 _ => return Ok(None),
@@ -179,6 +203,7 @@ impl PartitionReader {
                         "segment deleted while reading; moving on"
                     );
                     self.position = 0;
+                    self.line_no = 0;
                     match next {
                         Some(next) => self.segment = Some(next),
                         None => {
@@ -191,26 +216,6 @@ impl PartitionReader {
             }
         }
     }
-}
-
-fn parse_entry(partition: u32, line: &str) -> io::Result<Entry> {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        offset: u64,
-        timestamp: i64,
-    }
-    let head: Head = serde_json::from_str(line).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("partition {partition}: a line is not a log record ({e})"),
-        )
-    })?;
-    Ok(Entry {
-        partition,
-        offset: head.offset,
-        timestamp_ms: head.timestamp,
-        line: line.to_owned(),
-    })
 }
 
 /// Reads a whole topic, merging partitions by (timestamp, partition, offset).
@@ -431,6 +436,88 @@ mod tests {
         r.seek(6).unwrap();
         assert_eq!(r.next_entry().unwrap().unwrap().offset, 6);
         assert_eq!(r.next_entry().unwrap(), None);
+    }
+
+    #[test]
+    fn damaged_lines_are_skipped_and_named_once_with_their_line_and_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let p0 = dir.path().join("t/0");
+        fs::create_dir_all(&p0).unwrap();
+        let path = p0.join(segment_name(0));
+        // Line 11 is not JSON; line 13 is not UTF-8; offsets 0..=11 are records.
+        let mut bytes: Vec<u8> = (0..10)
+            .flat_map(|i| line(i, i as i64).into_bytes())
+            .collect();
+        let garbage_at = bytes.len();
+        bytes.extend_from_slice(b"this is not json\n");
+        bytes.extend_from_slice(line(10, 10).as_bytes());
+        let binary_at = bytes.len();
+        bytes.extend_from_slice(b"\x80\xff{\n");
+        bytes.extend_from_slice(line(11, 11).as_bytes());
+        fs::write(&path, bytes).unwrap();
+        let mut offsets = Vec::new();
+        let logs = damage::captured_logs(|| {
+            let mut r = TopicReader::open(dir.path(), "t").unwrap();
+            while let Some(e) = r.next_entry().unwrap() {
+                offsets.push(e.offset);
+            }
+            // A second reader of the same lines does not warn again.
+            assert_eq!(
+                TopicReader::open(dir.path(), "t")
+                    .unwrap()
+                    .last(3)
+                    .unwrap()
+                    .len(),
+                3
+            );
+        });
+        assert_eq!(offsets, (0..12).collect::<Vec<_>>());
+        let warnings: Vec<&str> = logs.lines().collect();
+        assert_eq!(warnings.len(), 2, "{logs}");
+        let segment = path.display().to_string();
+        assert!(warnings[0].contains(&format!("({segment}:11)")), "{logs}");
+        assert!(
+            warnings[0].contains(&format!("byte_offset={garbage_at}")),
+            "{logs}"
+        );
+        assert!(
+            warnings[0].contains("not a log record: expected ident (column 2)"),
+            "{logs}"
+        );
+        assert!(
+            warnings[0].contains("kept on disk for inspection"),
+            "{logs}"
+        );
+        assert!(warnings[1].contains(&format!("({segment}:13)")), "{logs}");
+        assert!(
+            warnings[1].contains(&format!("byte_offset={binary_at}")),
+            "{logs}"
+        );
+        assert!(warnings[1].contains("not UTF-8"), "{logs}");
+        // A group starting inside the damage starts at the next record.
+        let mut r = PartitionReader::starting_at(&dir.path().join("t"), 0, 10).unwrap();
+        assert_eq!(r.next_entry().unwrap().unwrap().offset, 10);
+        assert_eq!(r.next_entry().unwrap().unwrap().offset, 11);
+        assert_eq!(r.next_entry().unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_line_being_completed_is_not_read_before_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let p0 = dir.path().join("t/0");
+        fs::create_dir_all(&p0).unwrap();
+        let path = p0.join(segment_name(0));
+        fs::write(&path, line(0, 1) + "\u{0}partial").unwrap();
+        let mut r = PartitionReader::new(&dir.path().join("t"), 0);
+        assert_eq!(r.next_entry().unwrap().unwrap().offset, 0);
+        assert_eq!(r.next_entry().unwrap(), None);
+        let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(format!("\n{}", line(1, 2)).as_bytes()).unwrap();
+        // The line numbering continues across polls: the damage is line 2.
+        let logs = damage::captured_logs(|| {
+            assert_eq!(r.next_entry().unwrap().unwrap().offset, 1);
+        });
+        assert!(logs.contains(&format!("({}:2)", path.display())), "{logs}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::damage;
 use super::segment::{list_segments, segment_name};
 
 /// How often retention runs besides on every segment roll.
@@ -176,29 +177,42 @@ pub fn enforce(
     Ok(deleted)
 }
 
-/// The newest record timestamp in a segment (records are not always in time order).
+/// The newest record timestamp in a segment (records are not always in time order). Damaged
+/// lines are skipped and reported; a segment with damaged lines and no record is dated by
+/// its file's modification time, so retention neither deletes it at once nor keeps it for
+/// ever.
 pub fn newest_timestamp(path: &Path) -> io::Result<Option<i64>> {
-    let mut reader = BufReader::with_capacity(256 * 1024, File::open(path)?);
+    let file = File::open(path)?;
+    let mut reader = BufReader::with_capacity(256 * 1024, &file);
     let mut newest = None;
-    let mut line = Vec::new();
+    let mut damaged = false;
+    let (mut line, mut byte, mut line_no) = (Vec::new(), 0u64, 0u64);
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
             break;
         }
-        if line.last() != Some(&b'\n') {
-            break;
+        line_no += 1;
+        match line_timestamp(&line[..n - 1]) {
+            Ok(t) => newest = Some(newest.map_or(t, |n: i64| n.max(t))),
+            Err(why) => {
+                damaged = true;
+                damage::report(path, byte, || Some(line_no), &why);
+            }
         }
-        if let Some(t) = line_timestamp(&line) {
-            newest = Some(newest.map_or(t, |n: i64| n.max(t)));
-        }
+        byte += n as u64;
+    }
+    if newest.is_none() && damaged {
+        let modified = file.metadata()?.modified()?;
+        newest = Some(chrono::DateTime::<chrono::Utc>::from(modified).timestamp_millis());
     }
     Ok(newest)
 }
 
 /// The `timestamp` of a log line: read from the fixed prefix the writer produces, else by
-/// parsing the line.
-fn line_timestamp(line: &[u8]) -> Option<i64> {
+/// parsing the line; `Err` says why the line is not a record.
+fn line_timestamp(line: &[u8]) -> Result<i64, String> {
     let fast = || {
         let rest = line.strip_prefix(b"{\"offset\":")?;
         let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -210,15 +224,10 @@ fn line_timestamp(line: &[u8]) -> Option<i64> {
             .count();
         std::str::from_utf8(&rest[..len]).ok()?.parse().ok()
     };
-    fast().or_else(|| {
-        #[derive(serde::Deserialize)]
-        struct Head {
-            timestamp: i64,
-        }
-        serde_json::from_slice::<Head>(line)
-            .ok()
-            .map(|h| h.timestamp)
-    })
+    match fast() {
+        Some(t) => Ok(t),
+        None => damage::parse(line).map(|head| head.timestamp_ms),
+    }
 }
 
 #[cfg(test)]
@@ -399,12 +408,40 @@ mod tests {
 
     #[test]
     fn timestamps_are_read_from_the_prefix_or_the_json() {
-        assert_eq!(line_timestamp(line(7, 1_234).as_bytes()), Some(1_234));
-        assert_eq!(line_timestamp(line(7, -5).as_bytes()), Some(-5));
+        assert_eq!(line_timestamp(line(7, 1_234).as_bytes()), Ok(1_234));
+        assert_eq!(line_timestamp(line(7, -5).as_bytes()), Ok(-5));
         assert_eq!(
             line_timestamp(br#"{"timestamp": 99, "offset": 1, "value": {}}"#),
-            Some(99)
+            Ok(99)
         );
-        assert_eq!(line_timestamp(b"garbage"), None);
+        assert_eq!(
+            line_timestamp(b"garbage"),
+            Err("not a log record: expected value (column 1)".to_owned())
+        );
+    }
+
+    #[test]
+    fn damaged_lines_do_not_date_a_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_name(0));
+        fs::write(
+            &path,
+            line(0, 10) + "this is not json\n" + &line(1, 30) + "\u{1}\n",
+        )
+        .unwrap();
+        assert_eq!(newest_timestamp(&path).unwrap(), Some(30));
+        // Nothing but damage: dated by the file, not deleted as if empty.
+        let mut bytes = b"\xff\xfe\n".to_vec();
+        bytes.extend_from_slice(b"not json either\n");
+        fs::write(&path, bytes).unwrap();
+        let newest = newest_timestamp(&path).unwrap().unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        assert!(
+            (now - 60_000..=now + 1_000).contains(&newest),
+            "{newest} vs {now}"
+        );
+        // Empty: no records, no damage, nothing to keep.
+        fs::write(&path, "").unwrap();
+        assert_eq!(newest_timestamp(&path).unwrap(), None);
     }
 }

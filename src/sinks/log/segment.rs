@@ -5,6 +5,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use super::damage;
+
 /// Segment file name for a base offset.
 pub fn segment_name(base_offset: u64) -> String {
     format!("{base_offset:020}.jsonl")
@@ -209,35 +211,24 @@ fn write_line(
     Ok(())
 }
 
-/// Size after recovery and the offset of the last complete line.
+/// Size after recovery and the offset of the last record (a damaged last line is walked
+/// past, see [`damage`]: it is reported, not fatal, and the next record continues after the
+/// last one that holds an offset).
 fn recover(file: &mut File, path: &Path) -> io::Result<(u64, Option<u64>)> {
     let mut content = Vec::new();
     file.seek(SeekFrom::Start(0))?;
     file.read_to_end(&mut content)?;
     let complete = repair_tail(file, path, &content)?;
-    let last_line = content[..complete]
-        .strip_suffix(b"\n")
-        .and_then(|body| body.rsplit(|&b| b == b'\n').next())
-        .filter(|line| !line.is_empty());
-    let last_offset = match last_line {
-        None => None,
-        Some(line) => {
-            #[derive(serde::Deserialize)]
-            struct Head {
-                offset: u64,
-            }
-            let head: Head = serde_json::from_slice(line).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "segment {} ends with a line that is not a log record ({e}); move the file aside to continue",
-                        path.display()
-                    ),
-                )
-            })?;
-            Some(head.offset)
-        }
-    };
+    let text = &content[..complete];
+    let last_offset = damage::last_offset_in(text, true, |at, why| {
+        damage::report(
+            path,
+            at as u64,
+            || Some(damage::line_number_in(text, at)),
+            &why,
+        );
+    })
+    .flatten();
     Ok((complete as u64, last_offset))
 }
 
@@ -395,10 +386,43 @@ mod tests {
     }
 
     #[test]
-    fn garbage_last_line_is_an_error_not_an_overwrite() {
+    fn damaged_last_lines_are_kept_and_offsets_continue_after_the_last_record() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(segment_name(0)), "not json\n").unwrap();
-        let err = PartitionWriter::open(dir.path()).err().unwrap();
-        assert!(err.to_string().contains("move the file aside"), "{err}");
+        let mut w = PartitionWriter::open(dir.path()).unwrap();
+        for n in 0..3 {
+            append(&mut w, n, 1 << 20);
+        }
+        w.flush(true).unwrap();
+        drop(w);
+        let path = dir.path().join(segment_name(0));
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"this is not json\n\xff\xfe\n").unwrap();
+        drop(f);
+        let damaged = fs::read(&path).unwrap();
+        let mut w = PartitionWriter::open(dir.path()).unwrap();
+        assert_eq!(append(&mut w, 3, 1 << 20), 3);
+        w.flush(true).unwrap();
+        // Nothing rewritten: the damaged lines stay where they were, the record follows.
+        let now = fs::read(&path).unwrap();
+        assert!(now.starts_with(&damaged));
+        assert!(now[damaged.len()..].starts_with(b"{\"offset\":3,"));
+        // A segment of nothing but damage: the next record takes its base offset.
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(segment_name(7)), "not json\n").unwrap();
+        let mut w = PartitionWriter::open(dir.path()).unwrap();
+        assert_eq!(append(&mut w, 0, 1 << 20), 7);
+    }
+
+    #[test]
+    fn a_record_damaged_after_its_prefix_keeps_its_offset_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = "{\"offset\":4,\"timestamp\":1,\"key\":\"k\",\"headers\":{},\"value\":{}}\n";
+        fs::write(
+            dir.path().join(segment_name(4)),
+            format!("{whole}{{\"offset\":5,\"timestamp\":2,\"key\":\x01garbled\n"),
+        )
+        .unwrap();
+        let mut w = PartitionWriter::open(dir.path()).unwrap();
+        assert_eq!(append(&mut w, 6, 1 << 20), 6);
     }
 }
