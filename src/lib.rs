@@ -9,6 +9,7 @@
 pub mod buffer;
 pub mod checkpoint;
 pub mod config;
+pub mod control;
 pub mod dedupe;
 pub mod delivery;
 pub mod dlq;

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
@@ -14,6 +13,7 @@ use crate::buffer::Buffer;
 use crate::checkpoint::{CheckpointError, Checkpoints, OffsetLedger, Recovery, SourceInfo};
 use crate::config::SinkKind;
 use crate::config::{Config, SourceConfig};
+use crate::control::Control;
 use crate::dedupe::DedupeRegistry;
 use crate::delivery::Delivery;
 use crate::dlq::Stage;
@@ -452,6 +452,16 @@ impl StreamManager {
 
     /// Runs every configured stream until `shutdown` fires, then drains and stops.
     pub async fn run(self, shutdown: CancellationToken) -> Result<Report, ManagerError> {
+        self.run_with(shutdown, |_| {}).await
+    }
+
+    /// [`StreamManager::run`], handing the streams' [`Control`] to `serve` (the HTTP API)
+    /// once every stream has started.
+    pub async fn run_with(
+        self,
+        shutdown: CancellationToken,
+        serve: impl FnOnce(Arc<Control>),
+    ) -> Result<Report, ManagerError> {
         if self.config.sources.is_empty() {
             return Err(ManagerError::NoSources(self.config.file.clone()));
         }
@@ -460,65 +470,37 @@ impl StreamManager {
         let checkpointer = self.checkpointer();
         let deadline = CancellationToken::new();
         let delivery = self.start_delivery(router.clone(), deadline.clone());
-        let stop = CancellationToken::new();
-        let mut streams = JoinSet::new();
-        for (id, source) in &self.config.sources {
-            let stream = match self.configured_stream(id, source) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    stop.cancel();
-                    self.finish(delivery, deadline, shutdown).await?;
-                    return Err(e);
-                }
-            };
-            let Some(checkpoints) = self.checkpoints.clone() else {
-                streams.spawn(stream.run(stop.child_token()));
-                continue;
-            };
-            let info = SourceInfo {
-                id: stream.id.clone(),
-                source_type: source.source_type,
-                topics: vec![router.topic(id, source.source_type).to_string()],
-            };
-            let stop = stop.child_token();
-            let span = tracing::info_span!("stream", stream = %id);
-            streams.spawn(async move {
-                match recover_source(&checkpoints, info, &stop, true).instrument(span.clone()).await {
-                    Ok(Some(_)) => stream.run(stop).await,
-                    Ok(None) => {}
-                    Err(e) => {
-                        let _entered = span.enter();
-                        tracing::error!(error = %e, "the source does not run: recovery cannot read its checkpoint or its topics");
-                    }
-                }
-            });
+        let this = Arc::new(self);
+        let control = Arc::new(this.control(router));
+        for id in control.ids() {
+            if let Err(e) = control.start(&id) {
+                control.shutdown().await;
+                this.finish(delivery, deadline, shutdown).await?;
+                return Err(ManagerError::Source(e.to_string()));
+            }
         }
+        serve(control.clone());
         info!(
-            streams = self.config.sources.len(),
+            streams = this.config.sources.len(),
             "running; stop with Ctrl-C or SIGTERM"
         );
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = delivery.failed.cancelled() => {}
         }
-        stop.cancel();
         info!("shutting down: stopping sources");
-        while let Some(result) = streams.join_next().await {
-            if let Err(e) = result {
-                warn!(error = %e, "stream task ended abnormally");
-            }
-        }
-        info!(queued = ?self.queue.depth(), "sources stopped; draining the queue");
+        control.shutdown().await;
+        info!(queued = ?this.queue.depth(), "sources stopped; draining the queue");
         // Stopping was asked for (or delivery died, and then there is nothing to wait for).
-        let finished = self.finish(delivery, deadline, shutdown).await;
+        let finished = this.finish(delivery, deadline, shutdown).await;
         if let Some((task, stop)) = checkpointer {
             stop.cancel();
             let _ = task.await;
         }
-        self.save_checkpoints().await;
+        this.save_checkpoints().await;
         finished?;
-        let mut report = Report::collect(&self.stats, self.sink_status(), started);
-        report.hosts = self.clients.snapshots();
+        let mut report = Report::collect(&this.stats, this.sink_status(), started);
+        report.hosts = this.clients.snapshots();
         for (stream, status) in &report.upstream {
             info!(
                 stream,
@@ -559,6 +541,41 @@ impl StreamManager {
             "stopped"
         );
         Ok(report)
+    }
+
+    /// The streams of `run`, each built afresh from its config at every start.
+    fn control(self: &Arc<Self>, router: Router) -> Control {
+        let streams = self.config.sources.iter().map(|(id, source)| {
+            (
+                id.clone(),
+                source.source_type.to_string(),
+                Mode::of(source).name(),
+            )
+        });
+        let this = self.clone();
+        let factory = move |id: &str| {
+            let source = this
+                .config
+                .sources
+                .get(id)
+                .ok_or_else(|| format!("no source `{id}`"))?;
+            let stream = this
+                .configured_stream(id, source)
+                .map_err(|e| e.to_string())?;
+            let info = SourceInfo {
+                id: stream.id.clone(),
+                source_type: source.source_type,
+                topics: vec![router.topic(id, source.source_type).to_string()],
+            };
+            Ok((stream, info))
+        };
+        Control::new(
+            streams,
+            Box::new(factory),
+            self.checkpoints.clone(),
+            self.stats.clone(),
+            CancellationToken::new(),
+        )
     }
 
     fn sink_status(&self) -> SinkStatus {
@@ -672,7 +689,7 @@ impl StreamManager {
 /// sources do not wait for it. A one-shot ingest fails instead, and so does a source whose
 /// checkpoint or log files are damaged for good ([`CheckpointError::is_permanent`]): waiting
 /// would never end. (A damaged line inside a segment is not such an error: readers skip it.)
-async fn recover_source(
+pub(crate) async fn recover_source(
     checkpoints: &Arc<Checkpoints>,
     source: SourceInfo,
     shutdown: &CancellationToken,

@@ -1,0 +1,292 @@
+//! Starting and stopping streams while the service runs (DESIGN §8): what the HTTP API
+//! steers and reports. Each running stream is one task with its own cancellation token; a
+//! stop cancels it and waits until its buffer has flushed into the queue, so a stream that
+//! reports `stopped` has handed over everything it fetched.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::checkpoint::{Checkpoints, SourceInfo};
+use crate::stats::{Stats, StreamSnapshot, UpstreamStatus};
+use crate::stream::Stream;
+
+/// Where a stream is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamState {
+    /// Restoring its checkpoint and reading its topics back before the first poll.
+    Recovering,
+    Running,
+    /// Asked to stop; flushing what it holds.
+    Stopping,
+    Stopped,
+    /// A one-shot stream that polled and ended by itself.
+    Finished,
+    /// Could not start (a damaged checkpoint, a transport that cannot be built): see `error`.
+    Failed,
+}
+
+impl StreamState {
+    fn is_active(self) -> bool {
+        matches!(
+            self,
+            StreamState::Recovering | StreamState::Running | StreamState::Stopping
+        )
+    }
+}
+
+/// A stream as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamView {
+    pub id: String,
+    pub source_type: String,
+    pub mode: &'static str,
+    pub state: StreamState,
+    /// Why it failed to start, when `state` is `failed`.
+    pub error: Option<String>,
+    pub counters: StreamSnapshot,
+    /// Last poll, last error, circuit state and pause (URLs redacted).
+    pub upstream: UpstreamStatus,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    #[error("no stream `{0}` is configured; GET /api/v1/streams lists them")]
+    NotFound(String),
+    #[error("stream `{0}` is already running; stop it first")]
+    AlreadyRunning(String),
+    #[error("stream `{0}` is not running")]
+    NotRunning(String),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("stream `{id}` cannot start: {detail}")]
+    CannotStart { id: String, detail: String },
+}
+
+/// Builds a configured stream afresh for each start (a stream is consumed by running).
+pub type StreamFactory = dyn Fn(&str) -> Result<(Stream, SourceInfo), String> + Send + Sync;
+
+struct Slot {
+    source_type: String,
+    mode: &'static str,
+    state: Arc<Mutex<(StreamState, Option<String>)>>,
+    cancel: Option<CancellationToken>,
+    task: Option<JoinHandle<()>>,
+    /// Recovery ran in this process: a restart keeps the window it rebuilt.
+    recovered: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The running service's streams.
+pub struct Control {
+    factory: Box<StreamFactory>,
+    checkpoints: Option<Arc<Checkpoints>>,
+    stats: Arc<Stats>,
+    /// Fires when the whole service stops; every stream's token is a child of it.
+    stop: CancellationToken,
+    slots: Mutex<BTreeMap<String, Slot>>,
+}
+
+impl Control {
+    /// `streams` lists every configured stream: id, source type and mode name.
+    pub fn new(
+        streams: impl IntoIterator<Item = (String, String, &'static str)>,
+        factory: Box<StreamFactory>,
+        checkpoints: Option<Arc<Checkpoints>>,
+        stats: Arc<Stats>,
+        stop: CancellationToken,
+    ) -> Self {
+        let slots = streams
+            .into_iter()
+            .map(|(id, source_type, mode)| {
+                let slot = Slot {
+                    source_type,
+                    mode,
+                    state: Arc::new(Mutex::new((StreamState::Stopped, None))),
+                    cancel: None,
+                    task: None,
+                    recovered: Arc::default(),
+                };
+                (id, slot)
+            })
+            .collect();
+        Control {
+            factory,
+            checkpoints,
+            stats,
+            stop,
+            slots: Mutex::new(slots),
+        }
+    }
+
+    /// Starts a stopped (or failed, or finished) stream: recovery first on its first start.
+    pub fn start(&self, id: &str) -> Result<(), ControlError> {
+        if self.stop.is_cancelled() {
+            return Err(ControlError::ShuttingDown);
+        }
+        let mut slots = self.slots.lock().expect("slots lock");
+        let slot = slots
+            .get_mut(id)
+            .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
+        if slot.state.lock().expect("state lock").0.is_active() {
+            return Err(ControlError::AlreadyRunning(id.to_owned()));
+        }
+        let (stream, info) = match (self.factory)(id) {
+            Ok(built) => built,
+            Err(detail) => {
+                *slot.state.lock().expect("state lock") =
+                    (StreamState::Failed, Some(detail.clone()));
+                return Err(ControlError::CannotStart {
+                    id: id.to_owned(),
+                    detail,
+                });
+            }
+        };
+        let cancel = self.stop.child_token();
+        let state = slot.state.clone();
+        *state.lock().expect("state lock") = (StreamState::Recovering, None);
+        let recovered = slot.recovered.clone();
+        let checkpoints = self.checkpoints.clone();
+        let span = tracing::info_span!("stream", stream = %id);
+        let token = cancel.clone();
+        let task = tokio::spawn(
+            async move {
+                let set = |s: StreamState, e: Option<String>| {
+                    *state.lock().expect("state lock") = (s, e);
+                };
+                if let Some(checkpoints) = checkpoints
+                    && !recovered.load(std::sync::atomic::Ordering::Acquire)
+                {
+                    match crate::manager::recover_source(&checkpoints, info, &token, true).await {
+                        Ok(Some(_)) => recovered.store(true, std::sync::atomic::Ordering::Release),
+                        Ok(None) => return set(StreamState::Stopped, None),
+                        Err(e) => {
+                            tracing::error!(error = %e, "the source does not run: its checkpoint cannot be read");
+                            return set(StreamState::Failed, Some(e.to_string()));
+                        }
+                    }
+                }
+                set(StreamState::Running, None);
+                stream.run(token.clone()).await;
+                set(
+                    if token.is_cancelled() {
+                        StreamState::Stopped
+                    } else {
+                        StreamState::Finished
+                    },
+                    None,
+                );
+            }
+            .instrument(span),
+        );
+        slot.cancel = Some(cancel);
+        slot.task = Some(task);
+        Ok(())
+    }
+
+    /// Stops a running stream and waits until it has flushed what it holds into the queue.
+    pub async fn stop(&self, id: &str) -> Result<(), ControlError> {
+        let (cancel, task, state) = {
+            let mut slots = self.slots.lock().expect("slots lock");
+            let slot = slots
+                .get_mut(id)
+                .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
+            let mut state = slot.state.lock().expect("state lock");
+            if !state.0.is_active() {
+                return Err(ControlError::NotRunning(id.to_owned()));
+            }
+            state.0 = StreamState::Stopping;
+            drop(state);
+            (slot.cancel.take(), slot.task.take(), slot.state.clone())
+        };
+        if let Some(cancel) = cancel {
+            cancel.cancel();
+        }
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::warn!(stream = id, error = %e, "stream task ended abnormally");
+        }
+        let mut state = state.lock().expect("state lock");
+        if state.0 == StreamState::Stopping {
+            state.0 = StreamState::Stopped;
+        }
+        Ok(())
+    }
+
+    /// Starts every stream that is not running; returns the ids started.
+    pub fn start_all(&self) -> Result<Vec<String>, ControlError> {
+        let mut started = Vec::new();
+        for id in self.ids() {
+            match self.start(&id) {
+                Ok(()) => started.push(id),
+                Err(ControlError::AlreadyRunning(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(started)
+    }
+
+    /// Stops every running stream; returns the ids stopped.
+    pub async fn stop_all(&self) -> Vec<String> {
+        let mut stopped = Vec::new();
+        for id in self.ids() {
+            if self.stop(&id).await.is_ok() {
+                stopped.push(id);
+            }
+        }
+        stopped
+    }
+
+    /// Stops everything for the end of the run and waits for every stream task.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut slots = self.slots.lock().expect("slots lock");
+            slots.values_mut().filter_map(|s| s.task.take()).collect()
+        };
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "stream task ended abnormally");
+            }
+        }
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.slots
+            .lock()
+            .expect("slots lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    pub fn view(&self, id: &str) -> Result<StreamView, ControlError> {
+        let slots = self.slots.lock().expect("slots lock");
+        let slot = slots
+            .get(id)
+            .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
+        let (state, error) = slot.state.lock().expect("state lock").clone();
+        let stats = self.stats.stream(id);
+        Ok(StreamView {
+            id: id.to_owned(),
+            source_type: slot.source_type.clone(),
+            mode: slot.mode,
+            state,
+            error,
+            counters: stats.snapshot(),
+            upstream: stats.status(),
+        })
+    }
+
+    pub fn views(&self) -> Vec<StreamView> {
+        self.ids()
+            .iter()
+            .filter_map(|id| self.view(id).ok())
+            .collect()
+    }
+}
