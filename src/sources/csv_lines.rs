@@ -6,7 +6,7 @@
 //! skipped without being buffered, its head kept for the DLQ), and a [`LineParser`] splits
 //! one line into fields with csv-core — the same quoting rules as the csv crate — saying
 //! whether a quote was still open when the line ended. Used for CSV whose rows never span
-//! lines (FIRMS).
+//! lines (FIRMS). [`quote_left_open`] serves parsers that allow quoted newlines (`http`).
 
 use std::io::{self, BufRead};
 
@@ -163,6 +163,29 @@ impl LineParser {
     }
 }
 
+/// Whether `text` — one record and nothing after it — ends inside a quoted field. The csv
+/// crate closes such a field at the end of the input without a word, so a quote left open
+/// on one line would otherwise pass as a field holding every line after it.
+pub(crate) fn quote_left_open(text: &[u8]) -> bool {
+    let mut reader = csv_core::Reader::new();
+    let mut out = [0u8; 4096];
+    let mut ends = [0usize; 256];
+    // Field data is not wanted, only where the record ends: the buffers are reused freely.
+    for mut input in [text, b"\n"] {
+        loop {
+            let (result, nin, _, _) = reader.read_record(input, &mut out, &mut ends);
+            input = &input[nin..];
+            match result {
+                ReadRecordResult::InputEmpty => break,
+                ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => {}
+                // The record ended at a terminator outside quotes.
+                ReadRecordResult::Record | ReadRecordResult::End => return false,
+            }
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +292,17 @@ mod tests {
         let (got, closed) = fields(&mut p, &wide);
         assert!(closed);
         assert_eq!(got.join(","), wide);
+    }
+
+    #[test]
+    fn quote_left_open_only_when_the_record_ends_inside_quotes() {
+        assert!(!quote_left_open(b"a,b\n"));
+        assert!(!quote_left_open(b"a,\"b\nc\"\n"));
+        assert!(!quote_left_open(b"a,\"b\nc\""));
+        assert!(quote_left_open(b"a,\"b\nc\n"));
+        assert!(quote_left_open(b"a,\"b\"\"\n"));
+        assert!(quote_left_open(
+            &[b"a,\"".as_slice(), &[b'x'; 10_000]].concat()
+        ));
     }
 }
