@@ -65,7 +65,7 @@ impl<R: BufRead> Lines<R> {
                 break;
             }
             any = true;
-            let newline = chunk.iter().position(|&b| b == b'\n');
+            let newline = memchr::memchr(b'\n', chunk);
             let piece = &chunk[..newline.unwrap_or(chunk.len())];
             len += piece.len() as u64;
             if !too_long {
