@@ -161,7 +161,7 @@ impl Parser for FirmsParser {
         let mut lines = Lines::new(std::io::Read::chain(head.as_slice(), input), MAX_LINE_BYTES);
         let mut fields = LineParser::new();
         let mut bytes = csv::ByteRecord::new();
-        let header = loop {
+        let (header_len, columns) = loop {
             match lines.next_line()? {
                 None => {
                     return Err(PayloadError::Empty {
@@ -180,17 +180,17 @@ impl Parser for FirmsParser {
                 Some((number, Line::Text(text))) => {
                     let closed = fields.parse(text, &mut bytes);
                     let header = csv::StringRecord::from_byte_record_lossy(bytes.clone());
-                    Columns::from_header(&header, &head)?;
+                    // Checked first: a one-line text message with a quote is still text.
+                    let columns = Columns::from_header(&header, &head)?;
                     if !closed {
                         return Err(PayloadError::Csv {
                             detail: format!("line {number} (the header) has an unterminated quote"),
                         });
                     }
-                    break header;
+                    break (header.len(), columns);
                 }
             }
         };
-        let columns = Columns::from_header(&header, &head)?;
         let now = (self.now)();
         while let Some((number, line)) = lines.next_line()? {
             let position = format!("line {number}");
@@ -212,7 +212,7 @@ impl Parser for FirmsParser {
                 Line::Text(text) => {
                     match csv::StringRecord::from_byte_record(std::mem::take(&mut bytes)) {
                         Ok(row) => {
-                            let checked = self.check_row(&columns, header.len(), &row, now);
+                            let checked = self.check_row(&columns, header_len, &row, now);
                             bytes = row.into_byte_record();
                             match checked {
                                 Ok(record) => Row::Valid(Box::new(record)),
