@@ -25,6 +25,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use super::csv_lines::quote_left_open;
 use super::{
     Invalid, Parser, PayloadError, Row, SourceType, excerpt, geojson, read_to_end_capped,
     sniff_non_data,
@@ -278,7 +279,7 @@ impl HttpParser {
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
             .has_headers(true)
-            .from_reader(text);
+            .from_reader(std::io::Cursor::new(text));
         let header: Vec<String> = reader
             .headers()
             .map_err(|e| PayloadError::Csv {
@@ -308,16 +309,12 @@ impl HttpParser {
         }
         let mut bytes = csv::ByteRecord::new();
         loop {
-            let fallback_line = reader.position().line() + 1;
             match reader.read_byte_record(&mut bytes) {
                 Ok(false) => return Ok(()),
                 Ok(true) => {
-                    let line = bytes.position().map_or(fallback_line, |p| p.line());
-                    let raw = bytes
-                        .iter()
-                        .map(String::from_utf8_lossy)
-                        .collect::<Vec<_>>()
-                        .join(",");
+                    let after = reader.position().byte() as usize;
+                    let (start, line) =
+                        record_start(text, bytes.position().expect("records carry a position"));
                     let checked = if bytes.len() != header.len() {
                         Err(format!(
                             "row has {} field(s), the header has {}",
@@ -336,13 +333,65 @@ impl HttpParser {
                             .collect::<Result<Map<String, Value>, String>>()
                             .and_then(|row| self.record(&Value::Object(row), false))
                     };
-                    let row = match checked {
-                        Ok(record) => Row::Valid(Box::new(record)),
-                        Err(reason) => Row::Invalid(Invalid {
+                    // A quoted field may hold line breaks, but when the row it makes is
+                    // invalid, or its quote is still open at the end of the body, the quote
+                    // was most likely never closed and has swallowed the lines after it:
+                    // only its first line is dead-lettered, the rest are read again as rows.
+                    let spans = bytes
+                        .iter()
+                        .any(|f| f.contains(&b'\n') || f.contains(&b'\r'));
+                    let open_at_end = after == text.len() && quote_left_open(&text[start..]);
+                    let row = if open_at_end || (spans && checked.is_err()) {
+                        let (line_end, next) = line_end(text, start);
+                        let last = line
+                            + text[start..after]
+                                .trim_ascii_end()
+                                .iter()
+                                .filter(|&&b| b == b'\n')
+                                .count() as u64;
+                        let mut next_pos = csv::Position::new();
+                        next_pos
+                            .set_byte(next as u64)
+                            .set_line(line + u64::from(text[line_end..next].contains(&b'\n')));
+                        reader.seek(next_pos).map_err(|e| PayloadError::Csv {
+                            detail: e.to_string(),
+                        })?;
+                        let fails = match (open_at_end, checked) {
+                            (true, Ok(_)) => "is still open at the end of the body".to_owned(),
+                            (true, Err(reason)) => format!(
+                                "is still open at the end of the body, and the row fails: {reason}"
+                            ),
+                            (false, Err(reason)) => {
+                                format!("runs to line {last}, and the row fails: {reason}")
+                            }
+                            (false, Ok(_)) => unreachable!("a valid row is kept unless open"),
+                        };
+                        Row::Invalid(Invalid {
                             position: format!("line {line}"),
-                            reason,
-                            raw: crate::dlq::truncate(raw, crate::dlq::MAX_RAW_BYTES),
-                        }),
+                            reason: format!(
+                                "unterminated quote: a quoted field opens on this line and {fails}; this line is dead-lettered alone and the lines after it are read as rows"
+                            ),
+                            raw: crate::dlq::truncate(
+                                String::from_utf8_lossy(&text[start..line_end]).into_owned(),
+                                crate::dlq::MAX_RAW_BYTES,
+                            ),
+                        })
+                    } else {
+                        match checked {
+                            Ok(record) => Row::Valid(Box::new(record)),
+                            Err(reason) => Row::Invalid(Invalid {
+                                position: format!("line {line}"),
+                                reason,
+                                raw: crate::dlq::truncate(
+                                    bytes
+                                        .iter()
+                                        .map(String::from_utf8_lossy)
+                                        .collect::<Vec<_>>()
+                                        .join(","),
+                                    crate::dlq::MAX_RAW_BYTES,
+                                ),
+                            }),
+                        }
                     };
                     if !out(row) {
                         return Ok(());
@@ -472,6 +521,34 @@ fn lookup<'a>(record: &'a Value, field: &str, geojson: bool) -> Option<&'a Value
         Value::String(s) => !s.trim().is_empty(),
         _ => true,
     })
+}
+
+/// Where a CSV record really starts: the csv crate's position is where the previous record
+/// ended, before any blank lines in between.
+fn record_start(text: &[u8], pos: &csv::Position) -> (usize, u64) {
+    let from = (pos.byte() as usize).min(text.len());
+    let blank = text[from..]
+        .iter()
+        .take_while(|&&b| b == b'\n' || b == b'\r')
+        .count();
+    let skipped_lines = text[from..from + blank]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count();
+    (from + blank, pos.line() + skipped_lines as u64)
+}
+
+/// The end of the physical line starting at `start`, and where the next line starts (after
+/// `\n`, `\r\n` or a lone `\r`).
+fn line_end(text: &[u8], start: usize) -> (usize, usize) {
+    match text[start..].iter().position(|&b| b == b'\n' || b == b'\r') {
+        Some(i) => {
+            let end = start + i;
+            let crlf = text[end] == b'\r' && text.get(end + 1) == Some(&b'\n');
+            (end, end + 1 + usize::from(crlf))
+        }
+        None => (text.len(), text.len()),
+    }
 }
 
 /// A number, or text that is one (CSV cells are text).
@@ -945,6 +1022,93 @@ mod tests {
             format_event_time(&records[0].event_time),
             "2025-01-10T08:00:00Z"
         );
+    }
+
+    /// Row kinds in order: `V` valid, or the invalid row's position.
+    fn outline(rows: &[Row]) -> Vec<String> {
+        rows.iter()
+            .map(|r| match r {
+                Row::Valid(_) => "V".to_owned(),
+                Row::Invalid(i) => i.position.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unterminated_quote_costs_its_line_and_the_rows_after_it_are_read() {
+        let c = config(
+            HttpFormat::Csv,
+            None,
+            map(None, Some("latitude"), Some("longitude"), None),
+        );
+        let open = "20.23616,-76.92883,302.58,1.04,1.02,2025-03-25,0228,T,50,6.1NRT,292.02,4.44,N,\"unterminated";
+        let text = FIRMS.replacen(
+            "20.23616,-76.92883,302.58,1.04,1.02,2025-03-25,0228,T,50,6.1NRT,292.02,4.44,N",
+            open,
+            1,
+        );
+        let text = format!(
+            "{text}{}",
+            FIRMS.lines().nth(1).unwrap().replace("20.04", "21.04")
+        );
+        let rows = parse(&c, text.as_bytes()).unwrap();
+        assert_eq!(outline(&rows), ["V", "line 3", "V", "V"]);
+        let bad = invalid(rows);
+        assert_eq!(
+            bad[0].reason,
+            "unterminated quote: a quoted field opens on this line and is still open at the end of the body, and the row fails: row has 14 field(s), the header has 13; this line is dead-lettered alone and the lines after it are read as rows"
+        );
+        assert_eq!(bad[0].raw, open);
+
+        // Closed by a stray quote lines later: that merged row fails, its first line is
+        // dead-lettered, and the lines after it are read again (one opening a quote itself).
+        let c3 = config(HttpFormat::Csv, None, FieldMapping::default());
+        let rows = parse(&c3, b"a,b\n1,2,\"open\n2,x\n3,\"y\n4,z\n").unwrap();
+        assert_eq!(outline(&rows), ["line 2", "V", "line 4", "V"]);
+        let bad = invalid(rows);
+        assert_eq!(
+            bad[0].reason,
+            "unterminated quote: a quoted field opens on this line and runs to line 4, and the row fails: row has 3 field(s), the header has 2; this line is dead-lettered alone and the lines after it are read as rows"
+        );
+        assert_eq!(bad[0].raw, "1,2,\"open");
+        assert_eq!(bad[1].raw, "3,\"y");
+
+        // With CRLF line ends, and the quote on the last line.
+        let crlf = format!("{FIRMS}{open}").replace('\n', "\r\n");
+        let rows = parse(&c, crlf.as_bytes()).unwrap();
+        assert_eq!(outline(&rows), ["V", "V", "V", "line 5"]);
+        assert_eq!(invalid(rows)[0].raw, open);
+
+        // A quote left open in a row that is otherwise valid (no mapping checks the last
+        // column) still does not swallow the rows after it.
+        let c = config(HttpFormat::Csv, None, FieldMapping::default());
+        let text = "a,b\n1,\"open\n2,x\n3,y\n";
+        let rows = parse(&c, text.as_bytes()).unwrap();
+        assert_eq!(outline(&rows), ["line 2", "V", "V"]);
+        assert_eq!(
+            invalid(rows)[0].reason,
+            "unterminated quote: a quoted field opens on this line and is still open at the end of the body; this line is dead-lettered alone and the lines after it are read as rows"
+        );
+
+        // A quoted field that holds a line break and is closed is one record, as in CSV.
+        let rows = parse(&c, b"a,b\n1,\"two\nlines\"\n2,x\n").unwrap();
+        let records = valid(rows);
+        assert_eq!(records.len(), 2);
+        assert_eq!(raw(&records[0])["b"], "two\nlines");
+    }
+
+    #[test]
+    fn csv_line_numbers_count_blank_lines() {
+        let c = config(
+            HttpFormat::Csv,
+            None,
+            map(None, Some("latitude"), Some("longitude"), None),
+        );
+        let text = FIRMS
+            .replacen("\n20.23616", "\n\n\n20.23616", 1)
+            .replace(",4.44,N", "");
+        let rows = parse(&c, text.as_bytes()).unwrap();
+        assert_eq!(outline(&rows), ["V", "line 5", "V"]);
     }
 
     #[test]

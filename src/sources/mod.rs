@@ -10,6 +10,7 @@
 
 pub mod airnow;
 pub mod calfire;
+mod csv_lines;
 mod geojson;
 pub mod http;
 pub mod mqtt;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
 
+use super::csv_lines::{Line, LineParser, Lines};
 use super::{
     Bounds, Invalid, Parser, PayloadError, Row, SourceType, excerpt, not_in_future, read_head,
     sniff_non_data,
@@ -54,7 +55,8 @@ pub const FIRST_ACQ_DATE: NaiveDate = NaiveDate::from_ymd_opt(2000, 11, 1).expec
 const REQUIRED: [&str; 5] = ["latitude", "longitude", "acq_date", "acq_time", "satellite"];
 
 /// Longest CSV line accepted: real rows are ~100 bytes; a line of megabytes is not FIRMS
-/// data, and reading it whole would cost memory without bound.
+/// data, and reading it whole would cost memory without bound. A longer line is skipped
+/// (to the DLQ with its first bytes) and the lines after it are read.
 const MAX_LINE_BYTES: usize = 1 << 20;
 
 pub struct FirmsParser {
@@ -154,62 +156,87 @@ impl Parser for FirmsParser {
         if let Some(err) = sniff_non_data(&head, "FIRMS CSV") {
             return Err(err);
         }
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            .has_headers(true)
-            .from_reader(LineLimit::new(
-                std::io::Read::chain(head.as_slice(), input),
-                MAX_LINE_BYTES,
-            ));
-        let header = reader
-            .headers()
-            .map_err(|e| PayloadError::Csv {
-                detail: e.to_string(),
-            })?
-            .clone();
-        let columns = Columns::from_header(&header, &head)?;
-        let now = (self.now)();
+        // Line by line: FIRMS rows never span lines, so a bad line (far too long, a quote
+        // left open) costs that line alone, never the rows after it.
+        let mut lines = Lines::new(std::io::Read::chain(head.as_slice(), input), MAX_LINE_BYTES);
+        let mut fields = LineParser::new();
         let mut bytes = csv::ByteRecord::new();
-        loop {
-            let line = reader.position().line() + 1;
-            match reader.read_byte_record(&mut bytes) {
-                Ok(false) => break,
-                Ok(true) => {
-                    let line = bytes.position().map_or(line, |p| p.line());
-                    let (parsed, reuse) =
-                        match csv::StringRecord::from_byte_record(std::mem::take(&mut bytes)) {
-                            Ok(row) => (
-                                self.check_row(&columns, header.len(), &row, line, now),
-                                row.into_byte_record(),
-                            ),
-                            Err(e) => {
-                                let reason = format!("row is not valid UTF-8: {}", e.utf8_error());
-                                let bytes = e.into_byte_record();
-                                let raw = bytes
-                                    .iter()
-                                    .map(String::from_utf8_lossy)
-                                    .collect::<Vec<_>>()
-                                    .join(",");
-                                let invalid = Row::Invalid(Invalid {
-                                    position: format!("line {line}"),
-                                    reason,
-                                    raw,
-                                });
-                                (invalid, bytes)
-                            }
-                        };
-                    bytes = reuse;
-                    if !out(parsed) {
-                        return Ok(());
-                    }
-                }
-                Err(e) => {
-                    let detail = e.to_string();
-                    return Err(match e.into_kind() {
-                        csv::ErrorKind::Io(io) => PayloadError::Io(io),
-                        _ => PayloadError::Csv { detail },
+        let (header_len, columns) = loop {
+            match lines.next_line()? {
+                None => {
+                    return Err(PayloadError::Empty {
+                        expected: "FIRMS CSV",
                     });
                 }
+                Some((_, Line::Text(b""))) => continue,
+                Some((number, Line::TooLong { len, .. })) => {
+                    return Err(PayloadError::Csv {
+                        detail: format!(
+                            "line {number} (the header) is {len} bytes, longer than the {} KiB a FIRMS header can be",
+                            MAX_LINE_BYTES / 1024
+                        ),
+                    });
+                }
+                Some((number, Line::Text(text))) => {
+                    let closed = fields.parse(text, &mut bytes);
+                    let header = csv::StringRecord::from_byte_record_lossy(bytes.clone());
+                    // Checked first: a one-line text message with a quote is still text.
+                    let columns = Columns::from_header(&header, &head)?;
+                    if !closed {
+                        return Err(PayloadError::Csv {
+                            detail: format!("line {number} (the header) has an unterminated quote"),
+                        });
+                    }
+                    break (header.len(), columns);
+                }
+            }
+        };
+        let now = (self.now)();
+        while let Some((number, line)) = lines.next_line()? {
+            let position = format!("line {number}");
+            let row = match line {
+                Line::Text(b"") => continue,
+                Line::TooLong { head, len } => Row::Invalid(Invalid {
+                    position,
+                    reason: format!(
+                        "line is {len} bytes, longer than the {} KiB a FIRMS row can be (rows are about 100 bytes); the line is skipped, the file continues",
+                        MAX_LINE_BYTES / 1024
+                    ),
+                    raw: excerpt(head),
+                }),
+                Line::Text(text) if !fields.parse(text, &mut bytes) => Row::Invalid(Invalid {
+                    position,
+                    reason: "unterminated quote: a quoted field opens on this line and is not closed by its end (FIRMS rows never span lines); the next line is read as a new row".to_owned(),
+                    raw: String::from_utf8_lossy(text).into_owned(),
+                }),
+                Line::Text(text) => {
+                    match csv::StringRecord::from_byte_record(std::mem::take(&mut bytes)) {
+                        Ok(row) => {
+                            let checked = self.check_row(&columns, header_len, &row, now);
+                            bytes = row.into_byte_record();
+                            match checked {
+                                Ok(record) => Row::Valid(Box::new(record)),
+                                Err(reason) => Row::Invalid(Invalid {
+                                    position,
+                                    reason,
+                                    raw: String::from_utf8_lossy(text).into_owned(),
+                                }),
+                            }
+                        }
+                        Err(e) => {
+                            let reason = format!("row is not valid UTF-8: {}", e.utf8_error());
+                            bytes = e.into_byte_record();
+                            Row::Invalid(Invalid {
+                                position,
+                                reason,
+                                raw: String::from_utf8_lossy(text).into_owned(),
+                            })
+                        }
+                    }
+                }
+            };
+            if !out(row) {
+                return Ok(());
             }
         }
         Ok(())
@@ -217,16 +244,16 @@ impl Parser for FirmsParser {
 }
 
 impl FirmsParser {
-    /// A row whose field count matches the header, parsed; anything else is invalid.
+    /// A row whose field count matches the header, parsed; anything else is the reason it is
+    /// invalid.
     fn check_row(
         &self,
         columns: &Columns,
         fields: usize,
         row: &csv::StringRecord,
-        line: u64,
         now: DateTime<Utc>,
-    ) -> Row {
-        let checked = if row.len() == fields {
+    ) -> Result<Record, String> {
+        if row.len() == fields {
             self.parse_row(columns, row, now)
         } else {
             // A cut or merged row: its values may sit under the wrong columns, and a partial
@@ -235,14 +262,6 @@ impl FirmsParser {
                 "row has {} field(s), the header has {fields}",
                 row.len()
             ))
-        };
-        match checked {
-            Ok(record) => Row::Valid(Box::new(record)),
-            Err(reason) => Row::Invalid(Invalid {
-                position: format!("line {line}"),
-                reason,
-                raw: csv_line(row),
-            }),
         }
     }
 
@@ -380,18 +399,6 @@ impl FirmsParser {
     }
 }
 
-/// A row as CSV text again, quoted where needed, for the DLQ.
-fn csv_line(row: &csv::StringRecord) -> String {
-    let mut writer = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
-    let _ = writer.write_record(row);
-    let bytes = writer.into_inner().unwrap_or_default();
-    String::from_utf8_lossy(&bytes)
-        .trim_end_matches('\n')
-        .to_owned()
-}
-
 fn required_number(text: Option<&str>, name: &str) -> Result<f64, String> {
     let text = text.ok_or_else(|| format!("{name} is empty"))?;
     parse_number(text, name)
@@ -403,44 +410,6 @@ fn measurement(text: Option<&str>, name: &str, bounds: Bounds) -> Result<Option<
         Some(v) if v < 0.0 => Err(format!("{name} {v} is negative")),
         Some(v) => bounds.check(name, v).map(Some),
         None => Ok(None),
-    }
-}
-
-/// A reader that fails once a line grows past `max` bytes, so a payload without newlines
-/// is rejected instead of being buffered whole.
-struct LineLimit<R> {
-    inner: R,
-    max: usize,
-    run: usize,
-}
-
-impl<R> LineLimit<R> {
-    fn new(inner: R, max: usize) -> Self {
-        LineLimit { inner, max, run: 0 }
-    }
-}
-
-impl<R: std::io::Read> std::io::Read for LineLimit<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        // The first piece continues the current line; each newline starts a new one.
-        let mut pieces = buf[..n].split(|&b| b == b'\n');
-        self.run += pieces.next().map_or(0, <[u8]>::len);
-        let mut longest = self.run;
-        for piece in pieces {
-            self.run = piece.len();
-            longest = longest.max(self.run);
-        }
-        if longest > self.max {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "a line is longer than {} KiB; FIRMS rows are about 100 bytes",
-                    self.max / 1024
-                ),
-            ));
-        }
-        Ok(n)
     }
 }
 
@@ -532,6 +501,10 @@ mod tests {
     const N21_ROW: &str =
         "28.03833,96.14342,339.68,0.45,0.47,2026-10-01,614,N21,VIIRS,n,2.0NRT,287.9,4.22,D";
 
+    /// A second valid row, distinct from M6_ROW.
+    const N21_ROW_AS_M6: &str =
+        "-9.801,-35.902,312.1,3.1,1.7,2020-10-02,0025,Terra,MODIS,80,6.0NRT,293.0,51.2,N";
+
     fn parser() -> FirmsParser {
         FirmsParser {
             source_id: Arc::from("test"),
@@ -547,6 +520,12 @@ mod tests {
             true
         })?;
         Ok(rows)
+    }
+
+    fn one_row(row: &str) -> Row {
+        let mut rows = parse(&format!("{M6_HEADER}\n{row}\n")).unwrap();
+        assert_eq!(rows.len(), 1);
+        rows.remove(0)
     }
 
     fn one(text: &str) -> Record {
@@ -806,57 +785,117 @@ mod tests {
     }
 
     #[test]
-    fn a_line_of_megabytes_rejects_the_payload_without_buffering_it() {
+    fn a_line_of_megabytes_is_one_invalid_row_and_the_file_continues() {
         let huge = "9".repeat(MAX_LINE_BYTES + 10);
-        let text = format!("{M6_HEADER}\n{M6_ROW}\n{huge}\n{M6_ROW}\n");
-        let mut rows = 0;
-        let err = parser()
-            .parse(&mut text.as_bytes(), &mut |_| {
-                rows += 1;
-                true
-            })
-            .unwrap_err();
-        assert_eq!(err.kind(), "corrupt_payload");
-        assert!(!err.is_retriable());
-        assert!(
-            err.to_string().contains("a line is longer than 1024 KiB"),
-            "{err}"
-        );
-        assert_eq!(rows, 1, "rows before the long line are kept");
+        let text = format!("{M6_HEADER}\n{M6_ROW}\n{huge}\n{N21_ROW_AS_M6}\n");
+        let rows = parse(&text).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert!(matches!(rows[0], Row::Valid(_)));
+        match &rows[1] {
+            Row::Invalid(inv) => {
+                assert_eq!(inv.position, "line 3");
+                assert_eq!(
+                    inv.reason,
+                    "line is 1048586 bytes, longer than the 1024 KiB a FIRMS row can be (rows are about 100 bytes); the line is skipped, the file continues"
+                );
+                assert_eq!(inv.raw, "9".repeat(crate::sources::EXCERPT_BYTES));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(rows[2], Row::Valid(_)), "{:?}", rows[2]);
+        // Exactly at the limit is an ordinary (here invalid) row, kept whole.
+        let at_limit = "9".repeat(MAX_LINE_BYTES);
+        match &parse(&format!("{M6_HEADER}\n{at_limit}\n")).unwrap()[0] {
+            Row::Invalid(inv) => assert_eq!(inv.raw.len(), MAX_LINE_BYTES),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn line_limit_counts_across_reads() {
-        use std::io::Read;
-        let data = b"abc\ndefgh\nij";
-        // One byte per read: the run of "defgh" (5) crosses reads.
-        struct OneByte<'a>(&'a [u8]);
-        impl Read for OneByte<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                match self.0.split_first() {
-                    Some((b, rest)) => {
-                        buf[0] = *b;
-                        self.0 = rest;
-                        Ok(1)
-                    }
-                    None => Ok(0),
-                }
+    fn a_header_of_megabytes_rejects_the_payload() {
+        let text = format!("{M6_HEADER},{}\n{M6_ROW}\n", "x".repeat(MAX_LINE_BYTES));
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.kind(), "csv_error");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "CSV could not be read: line 1 (the header) is {} bytes, longer than the 1024 KiB a FIRMS header can be",
+                M6_HEADER.len() + 1 + MAX_LINE_BYTES
+            )
+        );
+    }
+
+    #[test]
+    fn an_unterminated_quote_is_one_invalid_row_and_the_next_line_is_a_row() {
+        let open = format!("{M6_ROW},\"unterminated");
+        let text = format!("{M6_HEADER}\n{open}\n{M6_ROW}\n{N21_ROW_AS_M6}\n");
+        let rows = parse(&text).unwrap();
+        assert_eq!(rows.len(), 3);
+        match &rows[0] {
+            Row::Invalid(inv) => {
+                assert_eq!(inv.position, "line 2");
+                assert_eq!(
+                    inv.reason,
+                    "unterminated quote: a quoted field opens on this line and is not closed by its end (FIRMS rows never span lines); the next line is read as a new row"
+                );
+                assert_eq!(inv.raw, open);
             }
+            other => panic!("{other:?}"),
         }
-        let mut out = Vec::new();
+        assert!(matches!(rows[1], Row::Valid(_)), "{:?}", rows[1]);
+        assert!(matches!(rows[2], Row::Valid(_)), "{:?}", rows[2]);
+        // On the last line, without a newline after it, too.
+        let rows = parse(&format!("{M6_HEADER}\n{M6_ROW}\n{open}")).unwrap();
         assert!(
-            LineLimit::new(OneByte(data), 5)
-                .read_to_end(&mut out)
-                .is_ok()
+            matches!(&rows[1], Row::Invalid(inv) if inv.reason.starts_with("unterminated quote"))
         );
-        let mut out = Vec::new();
-        assert!(
-            LineLimit::new(OneByte(data), 4)
-                .read_to_end(&mut out)
-                .is_err()
+        // A quote opened and closed on its line is an ordinary field.
+        let quoted = M6_ROW.replace("6.0NRT", "\"6.0NRT\"");
+        assert!(matches!(one_row(&quoted), Row::Valid(_)));
+    }
+
+    #[test]
+    fn a_header_with_an_unterminated_quote_rejects_the_payload() {
+        let err = parse(&format!("{M6_HEADER},\"x\n{M6_ROW}\n")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CSV could not be read: line 1 (the header) has an unterminated quote"
         );
-        let mut out = Vec::new();
-        assert!(LineLimit::new(&data[..], 4).read_to_end(&mut out).is_err());
+        // Text with a quote is still text.
+        assert_eq!(
+            parse("Error: \"bad key\n").unwrap_err().kind(),
+            "text_payload"
+        );
+    }
+
+    #[test]
+    fn crlf_blank_lines_and_invalid_utf8_keep_physical_line_numbers() {
+        let text = format!("\u{FEFF}{M6_HEADER}\r\n\r\n{M6_ROW}\r\n\n");
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(b"-9.774,\xff\r\n");
+        bytes.extend_from_slice(M6_ROW.replacen("-9.774", "", 1).as_bytes());
+        let mut rows = Vec::new();
+        parser()
+            .parse(&mut bytes.as_slice(), &mut |r| {
+                rows.push(r);
+                true
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 3);
+        assert!(matches!(&rows[0], Row::Valid(r) if fire(r).daynight == Some(DayNight::Night)));
+        match &rows[1] {
+            Row::Invalid(inv) => {
+                assert_eq!(inv.position, "line 5");
+                assert!(
+                    inv.reason.starts_with("row is not valid UTF-8"),
+                    "{}",
+                    inv.reason
+                );
+                assert_eq!(inv.raw, "-9.774,\u{FFFD}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&rows[2], Row::Invalid(inv) if inv.position == "line 6"));
     }
 
     #[test]
