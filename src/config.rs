@@ -64,6 +64,9 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// The HTTP API of `run` (DESIGN §8).
+    #[serde(default)]
+    pub api: ApiConfig,
     /// The file this came from (for messages); empty for configs built in code.
     #[serde(skip)]
     pub file: PathBuf,
@@ -428,6 +431,62 @@ pub enum HttpFormat {
     Json,
     Csv,
     Geojson,
+}
+
+fn check_api(api: &ApiConfig, problems: &mut Vec<String>) {
+    if !api.enabled {
+        return;
+    }
+    match api.bind.parse::<std::net::SocketAddr>() {
+        Err(_) => problems.push(format!(
+            "api.bind: {:?} is not an address and port, e.g. `127.0.0.1:8080` or `0.0.0.0:8080`",
+            api.bind
+        )),
+        Ok(addr) => {
+            let token = api.token.as_ref().is_some_and(|t| !t.is_empty());
+            if !addr.ip().is_loopback() && !token && !api.allow_unauthenticated {
+                problems.push(format!(
+                    "api.bind: {addr} is reachable from other machines and api.token is not set; set `token: ${{FIRESTREAM_API_TOKEN}}` (mutating endpoints then need `Authorization: Bearer <token>`), or `allow_unauthenticated: true` if a proxy in front of it authenticates"
+                ));
+            }
+        }
+    }
+}
+
+/// The HTTP API of `firestream run`: status, metrics and control.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Address and port; loopback by default, so nothing is exposed unless asked for.
+    #[serde(default = "default_api_bind")]
+    pub bind: String,
+    /// Bearer token required on every mutating endpoint when set (e.g. `${FIRESTREAM_API_TOKEN}`).
+    pub token: Option<Secret>,
+    /// Serve a non-loopback address without a token (anyone who can reach it can stop
+    /// streams and push records). Off: such a bind is a config error.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            bind: default_api_bind(),
+            token: None,
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+fn default_api_bind() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Settings shared by every source on one upstream host.
@@ -1034,6 +1093,7 @@ impl Config {
         if let Some(topic) = &self.routing.critical_topic {
             check_topic_name("routing.critical_topic", topic, &mut problems);
         }
+        check_api(&self.api, &mut problems);
         for (name, topic) in &self.topics {
             check_topic_name(&format!("topics.{name}"), name, &mut problems);
             if topic.partitions == 0 {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use firestream::api::ApiState;
 use firestream::config::{Config, ConfigError, LogFormat, SinkKind};
 use firestream::manager::{
     IngestTarget, ManagerError, Report, StreamManager, dead_letters_by_stage,
@@ -204,10 +205,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ));
             }
             init_logging(&config);
+            let api = config.api.clone();
             runtime()?.block_on(async {
+                // Bound first: a port in use is reported before anything starts.
+                let listener = match api.enabled {
+                    true => Some(bind_api(&api.bind).await?),
+                    false => None,
+                };
                 let manager = StreamManager::new(config).await?;
+                let sink = manager.sink();
                 let shutdown = shutdown_on_signals();
-                manager.run(shutdown).await.map_err(|e| match e {
+                let api_stop = CancellationToken::new();
+                let server_stop = api_stop.clone();
+                let serve = move |control| {
+                    let Some(listener) = listener else { return };
+                    let state = ApiState {
+                        control,
+                        sink,
+                        token: api.token.clone(),
+                    };
+                    tokio::spawn(async move {
+                        if let Err(e) = firestream::api::serve(listener, state, server_stop).await {
+                            tracing::error!(error = %e, "the HTTP API stopped");
+                        }
+                    });
+                };
+                let result = manager.run_with(shutdown, serve).await;
+                api_stop.cancel();
+                result.map_err(|e| match e {
                     ManagerError::NoSources(_) => anyhow::Error::new(UsageError(e.to_string())),
                     other => other.into(),
                 })?;
@@ -389,6 +414,17 @@ fn shutdown_on_signals() -> CancellationToken {
         }
     });
     token
+}
+
+/// Binds the API's address, saying what to change when it cannot.
+async fn bind_api(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        UsageError(format!(
+            "api.bind: cannot listen on {addr}: {e}; choose another port (`api: {{bind: \"127.0.0.1:8081\"}}`) or turn the API off (`api: {{enabled: false}}`)"
+        ))
+    })?;
+    tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
+    Ok(listener)
 }
 
 /// An error and its causes, each cause once: skipped when the message before already

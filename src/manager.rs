@@ -279,6 +279,11 @@ impl StreamManager {
         self.clients.snapshots()
     }
 
+    /// The sink, for readiness checks.
+    pub fn sink(&self) -> Arc<dyn Sink> {
+        self.sink.clone()
+    }
+
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
     }

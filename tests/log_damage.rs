@@ -279,7 +279,7 @@ fn run_recovers_past_a_damaged_line_instead_of_waiting() {
     let config = log.dir.path().join("run.yaml");
     std::fs::write(
         &config,
-        "sink: {type: log, log: {dir: out/log}}\n\
+        "sink: {type: log, log: {dir: out/log}}\napi: {enabled: false}\n\
          sources:\n  firms_feed:\n    type: nasa_firms\n    mode: real_time\n    interval: 30s\n    paths: [\"feed/*.csv\"]\n",
     )
     .unwrap();

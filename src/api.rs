@@ -1,0 +1,217 @@
+//! The HTTP API of `firestream run` (DESIGN §8), on axum: liveness, readiness, stream status
+//! and control. Errors are JSON `{error, detail}`; mutating endpoints need the bearer token
+//! when `api.token` is set. The handlers are thin: [`Control`] does the work.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::control::{Control, ControlError};
+use crate::secret::Secret;
+use crate::sinks::Sink;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub control: Arc<Control>,
+    pub sink: Arc<dyn Sink>,
+    pub token: Option<Secret>,
+}
+
+/// An error as the API answers it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({"error": self.error, "detail": self.detail})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let (status, error) = match &e {
+            ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ControlError::AlreadyRunning(_) => (StatusCode::CONFLICT, "already_running"),
+            ControlError::NotRunning(_) => (StatusCode::CONFLICT, "not_running"),
+            ControlError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ControlError::CannotStart { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "cannot_start"),
+        };
+        ApiError::new(status, error, e.to_string())
+    }
+}
+
+/// Every route. Mutating ones sit behind the token check.
+pub fn router(state: ApiState) -> Router {
+    let mutating = Router::new()
+        .route("/api/v1/streams/start-all", post(start_all))
+        .route("/api/v1/streams/stop-all", post(stop_all))
+        .route("/api/v1/streams/{id}/start", post(start))
+        .route("/api/v1/streams/{id}/stop", post(stop))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/api/v1/streams", get(streams))
+        .route("/api/v1/streams/{id}", get(stream))
+        .merge(mutating)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `stop` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+async fn authorize(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(token) = state.token.as_ref().filter(|t| !t.is_empty()) else {
+        return Ok(next.run(request).await);
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this endpoint needs `Authorization: Bearer <token>` (the api.token of the config)",
+        )),
+        Some(given) if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) => {
+            Ok(next.run(request).await)
+        }
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the bearer token is not the api.token of the config",
+        )),
+    }
+}
+
+/// Compares without stopping at the first difference, so response times do not reveal how
+/// much of a guessed token is right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// 200 once the sink can deliver; 503 with the reasons otherwise.
+async fn ready(State(state): State<ApiState>) -> Response {
+    let sink = state.sink.readiness();
+    if sink.ready {
+        (StatusCode::OK, Json(json!({"ready": true, "reasons": []}))).into_response()
+    } else {
+        let reason = format!("sink {}: {}", state.sink.name(), sink.detail);
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reasons": [reason]})),
+        )
+            .into_response()
+    }
+}
+
+async fn streams(State(state): State<ApiState>) -> Json<Value> {
+    Json(json!({"streams": state.control.views()}))
+}
+
+async fn stream(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(state.control.view(&id)?)))
+}
+
+async fn start(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.control.start(&id)?;
+    Ok(Json(json!(state.control.view(&id)?)))
+}
+
+async fn stop(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.control.stop(&id).await?;
+    Ok(Json(json!(state.control.view(&id)?)))
+}
+
+async fn start_all(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let started = state.control.start_all()?;
+    Ok(Json(json!({"started": started})))
+}
+
+async fn stop_all(State(state): State<ApiState>) -> Json<Value> {
+    let stopped = state.control.stop_all().await;
+    Json(json!({"stopped": stopped}))
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route {} {}", request.method(), request.uri().path()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
+    }
+}

@@ -1,0 +1,308 @@
+//! The HTTP API end to end (DESIGN §8, issue #6): `firestream run` — the binary — on a free
+//! port with a bearer token, driven over real HTTP: health, readiness, stream status,
+//! stop and start (state and counters change), the token enforced, and the error shapes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::real;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const TOKEN: &str = "t0ken-for-the-api-test";
+
+/// `firestream run` with two file sources; returns the process and the API's base URL.
+fn start(dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
+    let feed = dir.join("feed");
+    std::fs::create_dir_all(&feed).unwrap();
+    std::fs::copy(real("firms/fire_nrt_M6_157509.csv"), feed.join("m6.csv")).unwrap();
+    std::fs::write(
+        dir.join("run.yaml"),
+        "sink: {type: log, log: {dir: out/log}}\n\
+         api: {bind: \"127.0.0.1:0\", token: \"${FS_API_TEST_TOKEN}\"}\n\
+         sources:\n\
+         \x20 firms_a: {type: nasa_firms, interval: 1h, paths: [\"feed/*.csv\"]}\n\
+         \x20 firms_b: {type: nasa_firms, interval: 1h, paths: [\"nothing/*.csv\"]}\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firestream"))
+        .args(["run", "-c", "run.yaml"])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("FS_API_TEST_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30).saturating_sub(started.elapsed()))
+            .expect("the API did not say where it listens within 30 s");
+        if line.contains("HTTP API listening") {
+            let addr = line.split("addr=").nth(1).unwrap();
+            break addr.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    (child, format!("http://{addr}"), rx)
+}
+
+async fn get(url: &str) -> (StatusCode, Value) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status();
+    (
+        status,
+        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
+    )
+}
+
+async fn post(url: &str, token: Option<&str>) -> (StatusCode, Value, Option<String>) {
+    let mut request = reqwest::Client::new().post(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let status = response.status();
+    let body = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    (status, body, challenge)
+}
+
+async fn wait_for_state(base: &str, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, view) = get(&format!("{base}/api/v1/streams/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        if view["state"] == state {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never became {state}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base, _log) = start(dir.path());
+
+    let (status, body) = get(&format!("{base}/health")).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let (status, body) = get(&format!("{base}/ready")).await;
+    assert_eq!(
+        (status, body["ready"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{body}"
+    );
+
+    // Both streams run; the one with a file has read it.
+    let a = wait_for_state(&base, "firms_a", "running").await;
+    assert_eq!(a["source_type"], "nasa_firms");
+    assert_eq!(a["mode"], "real_time");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let a = loop {
+        let (_, a) = get(&format!("{base}/api/v1/streams/firms_a")).await;
+        if a["counters"]["enqueued"].as_u64() == Some(5_824) || Instant::now() > deadline {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(a["counters"]["rows"], 5_824, "{a}");
+    assert_eq!(a["counters"]["polls_ok"], 1, "{a}");
+    assert!(a["upstream"]["last_poll"].is_string(), "{a}");
+    let (status, list) = get(&format!("{base}/api/v1/streams")).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = list["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["firms_a", "firms_b"]);
+
+    // Mutating endpoints need the token: none → 401 with a challenge, a wrong one → 403.
+    let stop_a = format!("{base}/api/v1/streams/firms_a/stop");
+    let (status, body, challenge) = post(&stop_a, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"], "unauthorized");
+    assert_eq!(challenge.as_deref(), Some("Bearer"));
+    let (status, body, _) = post(&stop_a, Some("wrong")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+    wait_for_state(&base, "firms_a", "running").await;
+
+    // Stop, then stop again (409), start, start again (409).
+    let (status, body, _) = post(&stop_a, Some(TOKEN)).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::OK, Some("stopped")),
+        "{body}"
+    );
+    let (status, body, _) = post(&stop_a, Some(TOKEN)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("not_running"))
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("firms_a"),
+        "{body}"
+    );
+    let start_a = format!("{base}/api/v1/streams/firms_a/start");
+    let (status, _, _) = post(&start_a, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    let a = wait_for_state(&base, "firms_a", "running").await;
+    let (status, body, _) = post(&start_a, Some(TOKEN)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("already_running"))
+    );
+    // The restarted stream polled again and found its file already read: nothing new.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut polls = a["counters"]["polls_ok"].as_u64().unwrap();
+    while polls < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        polls = get(&format!("{base}/api/v1/streams/firms_a")).await.1["counters"]["polls_ok"]
+            .as_u64()
+            .unwrap();
+    }
+    let (_, a) = get(&format!("{base}/api/v1/streams/firms_a")).await;
+    assert_eq!(a["counters"]["polls_ok"], 2, "{a}");
+    assert_eq!(a["counters"]["rows"], 5_824, "{a}");
+
+    // All at once.
+    let (status, body, _) = post(&format!("{base}/api/v1/streams/stop-all"), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["stopped"], serde_json::json!(["firms_a", "firms_b"]));
+    let (status, body, _) = post(&format!("{base}/api/v1/streams/start-all"), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["started"], serde_json::json!(["firms_a", "firms_b"]));
+
+    // Unknown things are 404 with the JSON error shape.
+    let (status, body) = get(&format!("{base}/api/v1/streams/nope")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    assert!(
+        body["detail"].as_str().unwrap().contains("`nope`"),
+        "{body}"
+    );
+    let (status, _, _) = post(&format!("{base}/api/v1/streams/nope/stop"), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = get(&format!("{base}/api/v2/whatever")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+
+    // SIGTERM still stops the service cleanly.
+    sigterm(&child);
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_port_in_use_is_a_usage_error_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    std::fs::write(
+        dir.path().join("run.yaml"),
+        format!(
+            "sink: {{type: log, log: {{dir: out/log}}}}\napi: {{bind: \"{addr}\"}}\n\
+             sources:\n  f: {{type: nasa_firms, interval: 1h, paths: [\"x/*.csv\"]}}\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_firestream"))
+        .args(["run", "-c", "run.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("api.bind: cannot listen on {addr}")),
+        "{err}"
+    );
+    assert!(err.contains("api: {enabled: false}"), "{err}");
+}
+
+#[test]
+fn a_remote_bind_without_a_token_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let validate = |api: &str| {
+        std::fs::write(
+            dir.path().join("c.yaml"),
+            format!(
+                "sink: {{type: log}}\napi: {api}\n\
+                 sources:\n  f: {{type: nasa_firms, interval: 1h, paths: [\"x/*.csv\"]}}\n"
+            ),
+        )
+        .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_firestream"))
+            .args(["validate", "-c", "c.yaml"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = validate("{bind: \"0.0.0.0:8080\"}");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "api.bind: 0.0.0.0:8080 is reachable from other machines and api.token is not set"
+        ),
+        "{err}"
+    );
+    assert!(
+        validate("{bind: \"0.0.0.0:8080\", token: abcdefgh}")
+            .status
+            .success()
+    );
+    assert!(
+        validate("{bind: \"0.0.0.0:8080\", allow_unauthenticated: true}")
+            .status
+            .success()
+    );
+    let out = validate("{bind: \"localhost\"}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("api.bind: \"localhost\" is not an address and port"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
