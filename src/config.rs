@@ -14,6 +14,10 @@ use crate::record::{GEOHASH_PRECISION, Priority};
 use crate::secret::{Secret, UrlTemplate};
 use crate::sources::SourceType;
 
+pub mod layers;
+
+pub use self::layers::Override;
+
 /// Why a config file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -29,6 +33,9 @@ pub enum ConfigError {
         location: String,
         message: String,
     },
+    /// A profile or an environment override that cannot be applied.
+    #[error("{file}: {message}")]
+    Layer { file: PathBuf, message: String },
     #[error("{file}: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
     Invalid {
         file: PathBuf,
@@ -67,6 +74,16 @@ pub struct Config {
     /// The HTTP API of `run` (DESIGN §8).
     #[serde(default)]
     pub api: ApiConfig,
+    /// Settings per profile, laid over the rest by `--profile` (see [`layers`]); taken out
+    /// before use.
+    #[serde(default)]
+    pub profiles: Option<yaml_serde::Value>,
+    /// The profile laid over the file, if any.
+    #[serde(skip)]
+    pub profile: Option<String>,
+    /// The environment overrides applied (paths and variable names, never values).
+    #[serde(skip)]
+    pub overrides: Vec<Override>,
     /// The file this came from (for messages); empty for configs built in code.
     #[serde(skip)]
     pub file: PathBuf,
@@ -994,6 +1011,16 @@ impl<'de> Deserialize<'de> for Size {
 impl Config {
     /// Reads, parses and checks a config file, resolving relative paths against its directory.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        Config::load_layered(file, None, std::iter::empty())
+    }
+
+    /// [`Config::load`] with profile `profile` and the `FIRESTREAM__…` variables among `env`
+    /// laid over the file, in that order.
+    pub fn load_layered(
+        file: &Path,
+        profile: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_owned(),
             source,
@@ -1002,7 +1029,16 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        // The file as written first: its mistakes are reported with their lines.
         let mut config = Config::parse(&text, file)?;
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(layers::ENV_PREFIX))
+            .collect();
+        if profile.is_some() || !env.is_empty() {
+            config = Config::layered(&text, file, profile, env)?;
+        }
+        config.profiles = None;
         config.resolve_paths(base);
         config.check()?;
         Ok(config)
@@ -1039,6 +1075,46 @@ impl Config {
             }
         })?;
         config.file = file.to_owned();
+        Ok(config)
+    }
+
+    /// The file with its layers applied, parsed again.
+    fn layered(
+        text: &str,
+        file: &Path,
+        profile: Option<&str>,
+        env: Vec<(String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let layer = |e: layers::LayerError| ConfigError::Layer {
+            file: file.to_owned(),
+            message: e.to_string(),
+        };
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let mut value: yaml_serde::Value =
+            yaml_serde::from_str(text).map_err(|e| ConfigError::Syntax {
+                file: file.to_owned(),
+                location: String::new(),
+                message: strip_location(&e.to_string()),
+            })?;
+        layers::apply_profile(&mut value, profile).map_err(layer)?;
+        let overrides = layers::apply_env(&mut value, env).map_err(layer)?;
+        let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let message = strip_location(&e.into_inner().to_string());
+            let from = overrides
+                .iter()
+                .find(|o| path.starts_with(&o.path.join(".")))
+                .map(|o| format!("set by {}", o.variable))
+                .or_else(|| profile.map(|p| format!("with profile `{p}`")))
+                .unwrap_or_default();
+            ConfigError::Layer {
+                file: file.to_owned(),
+                message: format!("{path}: {message} ({from})"),
+            }
+        })?;
+        config.file = file.to_owned();
+        config.profile = profile.map(str::to_owned);
+        config.overrides = overrides;
         Ok(config)
     }
 

@@ -43,6 +43,10 @@ struct ConfigArg {
         default_value = "config/demo.yaml"
     )]
     config: PathBuf,
+    /// A profile from the config's `profiles:` section, laid over the rest (then the
+    /// `FIRESTREAM__SECTION__KEY` environment overrides).
+    #[arg(long, env = "FIRESTREAM_PROFILE")]
+    profile: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -178,7 +182,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { config } => {
-            let loaded = load(&config.config)?;
+            let loaded = load(&config)?;
             let sink = match &loaded.sink.kafka {
                 Some(kafka) if loaded.sink.kind == SinkKind::Kafka => {
                     format!("kafka at {}", kafka.bootstrap_servers)
@@ -190,6 +194,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.config.display(),
                 loaded.sources.len(),
             );
+            if let Some(profile) = &loaded.profile {
+                println!("profile: {profile}");
+            }
+            for o in &loaded.overrides {
+                println!("override: {} (from {})", o.path.join("."), o.variable);
+            }
             if loaded.sources.is_empty() {
                 println!(
                     "note: no sources configured: `run` needs at least one under `sources:`; `ingest --source-type` works without"
@@ -198,13 +208,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config } => {
-            let config = load(&config.config)?;
+            let config = load(&config)?;
             if config.sources.is_empty() {
                 bail!(UsageError(
                     ManagerError::NoSources(config.file.clone()).to_string()
                 ));
             }
             init_logging(&config);
+            log_layers(&config);
             let api = config.api.clone();
             runtime()?.block_on(async {
                 // Bound first: a port in use is reported before anything starts.
@@ -246,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             paths,
         } => {
-            let config = load(&config.config)?;
+            let config = load(&config)?;
             init_logging(&config);
             let target = match (source_type, source) {
                 (Some(t), None) => IngestTarget::SourceType(t),
@@ -295,7 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             follow,
             group,
         } => {
-            let config = load(&config.config)?;
+            let config = load(&config)?;
             // Warnings (a damaged line skipped) go to stderr; records to stdout.
             init_logging(&config);
             let options = TailOptions {
@@ -320,7 +331,7 @@ fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
             lines,
             json,
         } => {
-            let config = load(&config.config)?;
+            let config = load(&config)?;
             init_logging(&config);
             dlq_admin::print_list(&config, &filter.into_filter(), lines, json)?;
             Ok(ExitCode::SUCCESS)
@@ -330,7 +341,7 @@ fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
             filter,
             dry_run,
         } => {
-            let config = load(&config.config)?;
+            let config = load(&config)?;
             init_logging(&config);
             let summary =
                 runtime()?.block_on(dlq_admin::replay(&config, &filter.into_filter(), dry_run))?;
@@ -344,8 +355,8 @@ fn dlq(action: DlqAction) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn load(path: &Path) -> anyhow::Result<Config> {
-    match Config::load(path) {
+fn load(args: &ConfigArg) -> anyhow::Result<Config> {
+    match Config::load_layered(&args.config, args.profile.as_deref(), std::env::vars()) {
         Ok(config) => Ok(config),
         Err(ConfigError::Read { file, source })
             if source.kind() == std::io::ErrorKind::NotFound =>
@@ -414,6 +425,16 @@ fn shutdown_on_signals() -> CancellationToken {
         }
     });
     token
+}
+
+/// Says which profile and overrides shaped the config (names only: values may be secrets).
+fn log_layers(config: &Config) {
+    if let Some(profile) = &config.profile {
+        tracing::info!(%profile, "config profile applied");
+    }
+    for o in &config.overrides {
+        tracing::info!(setting = %o.path.join("."), variable = %o.variable, "config override from the environment");
+    }
 }
 
 /// Binds the API's address, saying what to change when it cannot.
