@@ -72,10 +72,17 @@ fn validate_names_the_profile_and_the_overrides_it_applied() {
     assert!(text(&out.stdout).contains("profile: production"));
 }
 
+/// CLI arguments, environment, and the expected message.
+type Case = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
 #[test]
 fn mistakes_in_a_layer_name_where_they_came_from() {
     let dir = setup();
-    let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
+    let cases: [Case; 5] = [
         (
             &["--profile", "prod"],
             &[],
