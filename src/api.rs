@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,8 @@ pub struct ApiState {
     pub control: Arc<Control>,
     pub sink: Arc<dyn Sink>,
     pub token: Option<Secret>,
+    /// The largest body `POST /api/v1/ingest` reads.
+    pub max_body: usize,
 }
 
 /// An error as the API answers it.
@@ -79,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/streams/stop-all", post(stop_all))
         .route("/api/v1/streams/{id}/start", post(start))
         .route("/api/v1/streams/{id}/stop", post(stop))
+        .route("/api/v1/ingest", post(ingest))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(health))
@@ -194,6 +198,47 @@ async fn start_all(State(state): State<ApiState>) -> Result<Json<Value>, ApiErro
 async fn stop_all(State(state): State<ApiState>) -> Json<Value> {
     let stopped = state.control.stop_all().await;
     Json(json!({"stopped": stopped}))
+}
+
+#[derive(serde::Deserialize)]
+struct IngestParams {
+    source: Option<String>,
+}
+
+/// A body in the named source's own format (FIRMS CSV, NWS JSON, an `http` source's JSON or
+/// CSV, …), through the same validation, dedupe, queue and DLQ as a poll. 200 with the
+/// per-row outcome; 422 when the body as a whole is not that format.
+async fn ingest(
+    State(state): State<ApiState>,
+    Query(params): Query<IngestParams>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(source) = params.source else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "name the source whose format the body is in: POST /api/v1/ingest?source=<stream id>",
+        ));
+    };
+    // Unknown sources are refused before the body is read.
+    state.control.view(&source)?;
+    let limit = state.max_body;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the body is larger than api.max_body ({limit} bytes); split it, or raise api.max_body"
+            ),
+        )
+    })?;
+    let report = state.control.push(&source, body).await?;
+    let status = if report.rejected.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!(report))).into_response())
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -485,6 +485,9 @@ pub struct ApiConfig {
     /// streams and push records). Off: such a bind is a config error.
     #[serde(default)]
     pub allow_unauthenticated: bool,
+    /// The largest body `POST /api/v1/ingest` takes; larger ones are refused with 413.
+    #[serde(default = "default_api_max_body")]
+    pub max_body: Size,
 }
 
 impl Default for ApiConfig {
@@ -494,8 +497,13 @@ impl Default for ApiConfig {
             bind: default_api_bind(),
             token: None,
             allow_unauthenticated: false,
+            max_body: default_api_max_body(),
         }
     }
+}
+
+fn default_api_max_body() -> Size {
+    Size(16 * 1024 * 1024)
 }
 
 fn default_api_bind() -> String {

@@ -71,6 +71,10 @@ pub enum ControlError {
 /// Builds a configured stream afresh for each start (a stream is consumed by running).
 pub type StreamFactory = dyn Fn(&str) -> Result<(Stream, SourceInfo), String> + Send + Sync;
 
+/// Builds the stream that parses bodies pushed for a source: its parser, dedupe, queue and
+/// counters, with no transport of its own.
+pub type PushFactory = dyn Fn(&str) -> Option<Stream> + Send + Sync;
+
 struct Slot {
     source_type: String,
     mode: &'static str,
@@ -84,6 +88,9 @@ struct Slot {
 /// The running service's streams.
 pub struct Control {
     factory: Box<StreamFactory>,
+    push_factory: Box<PushFactory>,
+    /// Push streams built so far, one per source.
+    pushers: Mutex<BTreeMap<String, Arc<Stream>>>,
     checkpoints: Option<Arc<Checkpoints>>,
     stats: Arc<Stats>,
     /// Fires when the whole service stops; every stream's token is a child of it.
@@ -96,6 +103,7 @@ impl Control {
     pub fn new(
         streams: impl IntoIterator<Item = (String, String, &'static str)>,
         factory: Box<StreamFactory>,
+        push_factory: Box<PushFactory>,
         checkpoints: Option<Arc<Checkpoints>>,
         stats: Arc<Stats>,
         stop: CancellationToken,
@@ -116,6 +124,8 @@ impl Control {
             .collect();
         Control {
             factory,
+            push_factory,
+            pushers: Mutex::default(),
             checkpoints,
             stats,
             stop,
@@ -254,6 +264,31 @@ impl Control {
                 tracing::warn!(error = %e, "stream task ended abnormally");
             }
         }
+    }
+
+    /// Parses `body` as source `id`'s payload and queues its records (`POST /api/v1/ingest`).
+    pub async fn push(
+        &self,
+        id: &str,
+        body: bytes::Bytes,
+    ) -> Result<crate::stream::PushReport, ControlError> {
+        if self.stop.is_cancelled() {
+            return Err(ControlError::ShuttingDown);
+        }
+        let pusher = {
+            let mut pushers = self.pushers.lock().expect("pushers lock");
+            match pushers.get(id) {
+                Some(p) => p.clone(),
+                None => {
+                    let built = (self.push_factory)(id)
+                        .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
+                    let built = Arc::new(built);
+                    pushers.insert(id.to_owned(), built.clone());
+                    built
+                }
+            }
+        };
+        Ok(pusher.push_body(body, "pushed body".to_owned()).await)
     }
 
     pub fn ids(&self) -> Vec<String> {

@@ -234,6 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         control,
                         sink,
                         token: api.token.clone(),
+                        max_body: usize::try_from(api.max_body.0).unwrap_or(usize::MAX),
                     };
                     tokio::spawn(async move {
                         if let Err(e) = firestream::api::serve(listener, state, server_stop).await {

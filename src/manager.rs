@@ -574,9 +574,19 @@ impl StreamManager {
             };
             Ok((stream, info))
         };
+        let this = self.clone();
+        let push_factory = move |id: &str| {
+            let source = this.config.sources.get(id)?;
+            let files = Transport::File(FileTransport::new(Vec::new()));
+            let mut stream = this.stream_over(id, source, Mode::of(source), files);
+            // Pushed records go straight to the queue: nothing would flush a buffer.
+            stream.buffer = None;
+            Some(stream)
+        };
         Control::new(
             streams,
             Box::new(factory),
+            Box::new(push_factory),
             self.checkpoints.clone(),
             self.stats.clone(),
             CancellationToken::new(),

@@ -167,6 +167,7 @@ impl Stream {
             origin,
             receipt: None,
             not_before: None,
+            report: None,
             secrets: match &self.transport {
                 Transport::Http(source) => source.transport.secrets(),
                 _ => Arc::from(Vec::new()),
@@ -265,6 +266,25 @@ impl Stream {
         }
         count_poll(&outcome, &stream_stats);
         outcome
+    }
+}
+
+impl Stream {
+    /// Parses a pushed body with this source's parser, through the same validation, dedupe,
+    /// queue and DLQ as a polled payload; returns once every row is queued or dead-lettered.
+    pub async fn push_body(&self, body: Bytes, origin: String) -> PushReport {
+        let stream_stats = self.stats.stream(&self.id);
+        let mut job = self.job(
+            &stream_stats,
+            &CancellationToken::new(),
+            Input::Pushed(body),
+            origin,
+        );
+        let report = Arc::new(std::sync::Mutex::new(PushReport::default()));
+        job.report = Some(report.clone());
+        let _ = self.run_job(job).await;
+        let report = report.lock().expect("push report lock").clone();
+        report
     }
 }
 
@@ -529,6 +549,8 @@ enum JobResult {
 enum Input {
     File(PathBuf),
     Body(Bytes),
+    /// Pushed to the API: a body that does not parse is the sender's, not a failed fetch.
+    Pushed(Bytes),
 }
 
 /// Parses one payload on a blocking thread, feeding the queue as it goes.
@@ -552,7 +574,34 @@ struct PayloadJob {
     not_before: Option<DateTime<Utc>>,
     /// Secrets an HTTP answer may echo; redacted from every dead letter and log line.
     secrets: Arc<[Secret]>,
+    /// A pushed body's per-row outcome, for the answer to its sender.
+    report: Option<Arc<std::sync::Mutex<PushReport>>>,
 }
+
+/// What became of a pushed body's rows (`POST /api/v1/ingest`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PushReport {
+    pub rows: u64,
+    /// Valid and new: queued for delivery.
+    pub accepted: u64,
+    /// Valid but already seen within the dedupe window.
+    pub duplicates: u64,
+    /// Rows that failed validation; each is also a dead letter.
+    pub invalid: u64,
+    /// The first [`PUSH_ERRORS_SHOWN`] invalid rows: where and why.
+    pub errors: Vec<RowError>,
+    /// The body as a whole could not be parsed (also a dead letter).
+    pub rejected: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RowError {
+    pub position: String,
+    pub reason: String,
+}
+
+/// How many row errors an answer lists; the rest are counted (and all are in the DLQ).
+pub const PUSH_ERRORS_SHOWN: usize = 100;
 
 impl PayloadJob {
     fn redact(&self, text: &str) -> String {
@@ -560,6 +609,12 @@ impl PayloadJob {
             text.to_owned()
         } else {
             crate::secret::redact(text, self.secrets.iter())
+        }
+    }
+
+    fn note(&self, f: impl FnOnce(&mut PushReport)) {
+        if let Some(report) = &self.report {
+            f(&mut report.lock().expect("push report lock"));
         }
     }
 
@@ -574,6 +629,7 @@ impl PayloadJob {
                 }
             },
             Input::Body(body) => (Box::new(std::io::Cursor::new(body.clone())), true),
+            Input::Pushed(body) => (Box::new(std::io::Cursor::new(body.clone())), false),
         };
         let runtime = Handle::current();
         let mut rows = 0u64;
@@ -586,6 +642,7 @@ impl PayloadJob {
             }
             rows += 1;
             self.stream_stats.rows.fetch_add(1, Relaxed);
+            self.note(|r| r.rows += 1);
             match row {
                 Row::Valid(mut record) => {
                     self.stream_stats.records.fetch_add(1, Relaxed);
@@ -598,6 +655,7 @@ impl PayloadJob {
                     record.priority = self.priority.apply(record.priority);
                     if !self.dedupe.insert_if_new(record.id, record.ingested_at) {
                         self.stream_stats.duplicates.fetch_add(1, Relaxed);
+                        self.note(|r| r.duplicates += 1);
                         return true;
                     }
                     let id = record.id;
@@ -616,6 +674,7 @@ impl PayloadJob {
                     match pushed {
                         Ok(()) => {
                             self.stream_stats.enqueued.fetch_add(1, Relaxed);
+                            self.note(|r| r.accepted += 1);
                         }
                         Err(()) => {
                             self.dedupe.forget(&id);
@@ -626,6 +685,15 @@ impl PayloadJob {
                     }
                 }
                 Row::Invalid(invalid) => {
+                    self.note(|r| {
+                        r.invalid += 1;
+                        if r.errors.len() < PUSH_ERRORS_SHOWN {
+                            r.errors.push(RowError {
+                                position: invalid.position.to_string(),
+                                reason: self.redact(&invalid.reason),
+                            });
+                        }
+                    });
                     // The same bad row fetched again (the next poll of the same window, a file
                     // given twice) is dead-lettered once per dedupe window, like a record.
                     let key = RecordId::from_natural_key(
@@ -671,6 +739,7 @@ impl PayloadJob {
                 };
                 let reason = self.redact(&format!("{}: {e}", self.origin));
                 warn!(error_kind = e.kind(), error = %reason, "payload rejected");
+                self.note(|r| r.rejected = Some(reason.clone()));
                 self.stream_stats.update_status(|s| {
                     s.last_error = Some(reason.clone());
                     s.last_error_kind = Some(e.kind());

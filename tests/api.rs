@@ -24,7 +24,7 @@ fn start(dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
     std::fs::write(
         dir.join("run.yaml"),
         "sink: {type: log, log: {dir: out/log}}\n\
-         api: {bind: \"127.0.0.1:0\", token: \"${FS_API_TEST_TOKEN}\"}\n\
+         api: {bind: \"127.0.0.1:0\", token: \"${FS_API_TEST_TOKEN}\", max_body: 1MiB}\n\
          sources:\n\
          \x20 firms_a: {type: nasa_firms, interval: 1h, paths: [\"feed/*.csv\"]}\n\
          \x20 firms_b: {type: nasa_firms, interval: 1h, paths: [\"nothing/*.csv\"]}\n",
@@ -125,12 +125,14 @@ async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let a = loop {
         let (_, a) = get(&format!("{base}/api/v1/streams/firms_a")).await;
-        if a["counters"]["enqueued"].as_u64() == Some(5_824) || Instant::now() > deadline {
+        let polled = a["counters"]["polls_ok"].as_u64() == Some(1);
+        if polled || Instant::now() > deadline {
             break a;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(a["counters"]["rows"], 5_824, "{a}");
+    assert_eq!(a["counters"]["enqueued"], 5_824, "{a}");
     assert_eq!(a["counters"]["polls_ok"], 1, "{a}");
     assert!(a["upstream"]["last_poll"].is_string(), "{a}");
     let (status, list) = get(&format!("{base}/api/v1/streams")).await;
@@ -181,7 +183,7 @@ async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
         (status, body["error"].as_str()),
         (StatusCode::CONFLICT, Some("already_running"))
     );
-    // The restarted stream polled again and found its file already read: nothing new.
+    // The restarted stream polled again: nothing new.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut polls = a["counters"]["polls_ok"].as_u64().unwrap();
     while polls < 2 && Instant::now() < deadline {
@@ -192,7 +194,16 @@ async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
     }
     let (_, a) = get(&format!("{base}/api/v1/streams/firms_a")).await;
     assert_eq!(a["counters"]["polls_ok"], 2, "{a}");
-    assert_eq!(a["counters"]["rows"], 5_824, "{a}");
+    // The file is read again only if its records were not all delivered before the stop
+    // (then every row is a duplicate); either way nothing is queued twice.
+    assert_eq!(a["counters"]["enqueued"], 5_824, "{a}");
+    let rows = a["counters"]["rows"].as_u64().unwrap();
+    assert!(rows == 5_824 || rows == 2 * 5_824, "{a}");
+    assert_eq!(
+        a["counters"]["duplicates"].as_u64().unwrap(),
+        rows - 5_824,
+        "{a}"
+    );
 
     // All at once.
     let (status, body, _) = post(&format!("{base}/api/v1/streams/stop-all"), Some(TOKEN)).await;
@@ -219,6 +230,90 @@ async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
         (status, body["error"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
+
+    // Pushed rows go through the source's own parser, validation and dedupe (rows of
+    // another year: firms_a's records are already in the nasa_firms dedupe window).
+    let text = std::fs::read_to_string(real("firms/modis_2000_Colombia.csv")).unwrap();
+    let mut lines: Vec<String> = text.lines().take(11).map(str::to_owned).collect();
+    let (_, rest) = lines[2].split_once(',').unwrap();
+    lines[2] = format!("95.1,{rest}");
+    let body = lines.join("\n");
+    let push = |source: &str, body: String, token: Option<&'static str>| {
+        let url = format!("{base}/api/v1/ingest?source={source}");
+        async move {
+            let mut request = reqwest::Client::new().post(url).body(body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            (status, body)
+        }
+    };
+    let (status, report) = push("firms_b", body.clone(), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        (
+            &report["rows"],
+            &report["accepted"],
+            &report["duplicates"],
+            &report["invalid"]
+        ),
+        (
+            &Value::from(10),
+            &Value::from(9),
+            &Value::from(0),
+            &Value::from(1)
+        ),
+        "{report}"
+    );
+    assert_eq!(report["errors"][0]["position"], "line 3", "{report}");
+    assert_eq!(
+        report["errors"][0]["reason"], "latitude 95.1 is outside -90..90",
+        "{report}"
+    );
+    // The same body again: nothing new.
+    let (_, again) = push("firms_b", body.clone(), Some(TOKEN)).await;
+    assert_eq!(
+        (&again["accepted"], &again["duplicates"]),
+        (&Value::from(0), &Value::from(9)),
+        "{again}"
+    );
+    let (_, b) = get(&format!("{base}/api/v1/streams/firms_b")).await;
+    assert_eq!(b["counters"]["enqueued"], 9, "{b}");
+    // Not the source's format at all: 422, and a dead letter.
+    let (status, report) = push("firms_b", "<html>busy</html>".to_owned(), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{report}");
+    assert!(
+        report["rejected"]
+            .as_str()
+            .unwrap()
+            .starts_with("pushed body:"),
+        "{report}"
+    );
+    // Refusals.
+    let (status, body_) = push("firms_b", body.clone(), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body_}");
+    let (status, body_) = push("nope", body.clone(), Some(TOKEN)).await;
+    assert_eq!(
+        (status, body_["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, body_) = push("firms_b", "x".repeat(2 << 20), Some(TOKEN)).await;
+    assert_eq!(
+        (status, body_["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
+        "{body_}"
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/ingest"))
+        .bearer_auth(TOKEN)
+        .body("a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
     // SIGTERM still stops the service cleanly.
     sigterm(&child);
