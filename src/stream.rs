@@ -283,8 +283,7 @@ impl Stream {
         let report = Arc::new(std::sync::Mutex::new(PushReport::default()));
         job.report = Some(report.clone());
         let _ = self.run_job(job).await;
-        let report = report.lock().expect("push report lock").clone();
-        report
+        report.lock().expect("push report lock").clone()
     }
 }
 
