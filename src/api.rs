@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::{AlertError, AlertIntake, AlertRequest};
 use crate::control::{Control, ControlError};
 use crate::secret::Secret;
 use crate::sinks::Sink;
@@ -26,6 +27,7 @@ pub struct ApiState {
     pub token: Option<Secret>,
     /// The largest body `POST /api/v1/ingest` reads.
     pub max_body: usize,
+    pub alerts: AlertIntake,
 }
 
 /// An error as the API answers it.
@@ -83,6 +85,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/streams/{id}/start", post(start))
         .route("/api/v1/streams/{id}/stop", post(stop))
         .route("/api/v1/ingest", post(ingest))
+        .route("/api/v1/alerts", post(alert))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(health))
@@ -239,6 +242,45 @@ async fn ingest(
         StatusCode::OK
     };
     Ok((status, Json(json!(report))).into_response())
+}
+
+/// The largest manual alert read.
+const MAX_ALERT_BODY: usize = 64 * 1024;
+
+/// A manual alert, queued ahead of everything else: 202 with its id (200 when the same
+/// `id` was sent before), 400 with what is wrong.
+async fn alert(State(state): State<ApiState>, body: Body) -> Result<Response, ApiError> {
+    let invalid = |detail: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_alert", detail);
+    let body = axum::body::to_bytes(body, MAX_ALERT_BODY)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("an alert is at most {MAX_ALERT_BODY} bytes"),
+            )
+        })?;
+    let request: AlertRequest = serde_json::from_slice(&body).map_err(|e| {
+        invalid(format!(
+            "{e}; send JSON like {{\"headline\": \"Evacuate zone 4 now\", \"severity\": \"Extreme\"}}"
+        ))
+    })?;
+    match state.alerts.submit(request).await {
+        Ok(accepted) => {
+            let status = if accepted.duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            Ok((status, Json(json!(accepted))).into_response())
+        }
+        Err(AlertError::Invalid(detail)) => Err(invalid(detail)),
+        Err(e @ AlertError::Closed) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            e.to_string(),
+        )),
+    }
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -6,6 +6,7 @@
 //! fails on the way becomes a [`dlq`] record. [`manager::StreamManager`] wires it from
 //! [`config`].
 
+pub mod alert;
 pub mod api;
 pub mod buffer;
 pub mod checkpoint;

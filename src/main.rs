@@ -225,6 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 let manager = StreamManager::new(config).await?;
                 let sink = manager.sink();
+                let alerts = manager.alert_intake();
                 let shutdown = shutdown_on_signals();
                 let api_stop = CancellationToken::new();
                 let server_stop = api_stop.clone();
@@ -235,6 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         sink,
                         token: api.token.clone(),
                         max_body: usize::try_from(api.max_body.0).unwrap_or(usize::MAX),
+                        alerts,
                     };
                     tokio::spawn(async move {
                         if let Err(e) = firestream::api::serve(listener, state, server_stop).await {

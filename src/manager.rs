@@ -279,6 +279,15 @@ impl StreamManager {
         self.clients.snapshots()
     }
 
+    /// Where `POST /api/v1/alerts` queues manual alerts.
+    pub fn alert_intake(&self) -> crate::alert::AlertIntake {
+        crate::alert::AlertIntake {
+            queue: self.queue.clone(),
+            dedupe: self.dedupe.for_type(SourceType::NwsAlerts),
+            stats: self.stats.clone(),
+        }
+    }
+
     /// The sink, for readiness checks.
     pub fn sink(&self) -> Arc<dyn Sink> {
         self.sink.clone()

@@ -315,10 +315,66 @@ async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
+    // A manual alert: queued in the critical lane (202), a resend with the same id is a
+    // duplicate (200), a bad one says what is wrong (400), and the token is needed.
+    let alert = |json: &'static str, token: Option<&'static str>| {
+        let url = format!("{base}/api/v1/alerts");
+        async move {
+            let mut request = reqwest::Client::new().post(url).body(json);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            (status, body)
+        }
+    };
+    let evacuate = r#"{"headline": "Evacuate zone 4 now", "id": "evac-4", "severity": "Extreme",
+        "latitude": 39.76, "longitude": -121.62, "area_desc": "Paradise, CA"}"#;
+    let (status, accepted) = alert(evacuate, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(
+        (&accepted["alert_id"], &accepted["duplicate"]),
+        (&Value::from("evac-4"), &Value::from(false))
+    );
+    let (status, again) = alert(evacuate, Some(TOKEN)).await;
+    assert_eq!(
+        (status, &again["duplicate"]),
+        (StatusCode::OK, &Value::from(true))
+    );
+    let (status, body_) = alert(r#"{"headline": "x", "severity": "Bad"}"#, Some(TOKEN)).await;
+    assert_eq!(
+        (status, body_["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_alert"))
+    );
+    let (status, body_) = alert(r#"{"headlin": "x"}"#, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body_["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `headlin`"),
+        "{body_}"
+    );
+    let (status, _) = alert(evacuate, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
     // SIGTERM still stops the service cleanly.
     sigterm(&child);
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
+    // The alert was delivered once, to the alerts topic and the critical-alerts copy.
+    let log = dir.path().join("out/log");
+    for name in ["wildfire-weather-alerts", "wildfire-critical-alerts"] {
+        let stored = common::topic(&log, name);
+        assert_eq!(stored.len(), 1, "{name}: {stored:?}");
+        let value = &stored[0]["value"];
+        assert_eq!(value["id"], accepted["id"]);
+        assert_eq!(value["priority"], "critical");
+        assert_eq!(value["source_id"], "manual_alerts");
+        assert_eq!(value["data"]["headline"], "Evacuate zone 4 now");
+    }
 }
 
 fn sigterm(child: &Child) {
