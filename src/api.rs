@@ -28,6 +28,8 @@ pub struct ApiState {
     /// The largest body `POST /api/v1/ingest` reads.
     pub max_body: usize,
     pub alerts: AlertIntake,
+    /// [`crate::config::Config::shown`], computed once.
+    pub config: Arc<Value>,
 }
 
 /// An error as the API answers it.
@@ -92,6 +94,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ready", get(ready))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/streams/{id}", get(stream))
+        .route("/api/v1/config", get(config))
         .merge(mutating)
         .fallback(not_found)
         .with_state(state)
@@ -164,6 +167,10 @@ async fn ready(State(state): State<ApiState>) -> Response {
         )
             .into_response()
     }
+}
+
+async fn config(State(state): State<ApiState>) -> Json<Value> {
+    Json(state.config.as_ref().clone())
 }
 
 async fn streams(State(state): State<ApiState>) -> Json<Value> {

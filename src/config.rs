@@ -18,6 +18,16 @@ pub mod layers;
 
 pub use self::layers::Override;
 
+/// The settings as written. It may hold secrets written inline, so it prints redacted.
+#[derive(Clone)]
+struct Written(yaml_serde::Value);
+
+impl fmt::Debug for Written {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", layers::redacted(&self.0))
+    }
+}
+
 /// Why a config file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -84,6 +94,10 @@ pub struct Config {
     /// The environment overrides applied (paths and variable names, never values).
     #[serde(skip)]
     pub overrides: Vec<Override>,
+    /// The settings as written, layers applied and `profiles:` removed, before parsing: what
+    /// [`Config::shown`] redacts.
+    #[serde(skip)]
+    written: Option<Written>,
     /// The file this came from (for messages); empty for configs built in code.
     #[serde(skip)]
     pub file: PathBuf,
@@ -1045,6 +1059,10 @@ impl Config {
             .collect();
         if profile.is_some() || !env.is_empty() {
             config = Config::layered(&text, file, profile, env)?;
+        } else {
+            let mut written: yaml_serde::Value = yaml_serde::from_str(&text).unwrap_or_default();
+            let _ = layers::apply_profile(&mut written, None);
+            config.written = Some(Written(written));
         }
         config.profiles = None;
         config.resolve_paths(base);
@@ -1086,6 +1104,20 @@ impl Config {
         Ok(config)
     }
 
+    /// The effective configuration as it may be shown (`GET /api/v1/config`): secrets
+    /// written inline and URL credentials redacted, `${VAR}` references kept.
+    pub fn shown(&self) -> serde_json::Value {
+        serde_json::json!({
+            "file": self.file.display().to_string(),
+            "profile": self.profile,
+            "overrides": self.overrides.iter().map(|o| serde_json::json!({
+                "setting": o.path.join("."),
+                "variable": o.variable,
+            })).collect::<Vec<_>>(),
+            "config": self.written.as_ref().map(|w| layers::redacted(&w.0)),
+        })
+    }
+
     /// The file with its layers applied, parsed again.
     fn layered(
         text: &str,
@@ -1106,6 +1138,7 @@ impl Config {
             })?;
         layers::apply_profile(&mut value, profile).map_err(layer)?;
         let overrides = layers::apply_env(&mut value, env).map_err(layer)?;
+        let written = value.clone();
         let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let message = strip_location(&e.into_inner().to_string());
@@ -1123,6 +1156,7 @@ impl Config {
         config.file = file.to_owned();
         config.profile = profile.map(str::to_owned);
         config.overrides = overrides;
+        config.written = Some(Written(written));
         Ok(config)
     }
 

@@ -217,6 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(&config);
             log_layers(&config);
             let api = config.api.clone();
+            let shown = std::sync::Arc::new(config.shown());
             runtime()?.block_on(async {
                 // Bound first: a port in use is reported before anything starts.
                 let listener = match api.enabled {
@@ -237,6 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         token: api.token.clone(),
                         max_body: usize::try_from(api.max_body.0).unwrap_or(usize::MAX),
                         alerts,
+                        config: shown,
                     };
                     tokio::spawn(async move {
                         if let Err(e) = firestream::api::serve(listener, state, server_stop).await {

@@ -4,6 +4,8 @@
 
 use yaml_serde::{Mapping, Value};
 
+use crate::secret::{REDACTED, shown_url};
+
 /// The prefix of an override variable; `__` separates path segments.
 pub const ENV_PREFIX: &str = "FIRESTREAM__";
 
@@ -132,6 +134,66 @@ fn scalar(raw: &str) -> Value {
     }
 }
 
+/// Keys whose values are credentials wherever they appear (`headers` values are all secret).
+const SECRET_KEYS: [&str; 5] = ["map_key", "api_key", "password", "token", "headers"];
+
+/// The config as it may be shown (`GET /api/v1/config`): a secret written inline becomes
+/// `<redacted>` — a `${VAR}` reference stays, naming only the variable — and every URL loses
+/// its credentials (user, password, `api_key=`-like query values).
+pub fn redacted(value: &Value) -> serde_json::Value {
+    redact(value, false)
+}
+
+fn redact(value: &Value, secret: bool) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Number(n) => serde_json::to_value(n).unwrap_or(J::Null),
+        Value::String(s) if secret && !is_reference(s) => J::String(REDACTED.to_owned()),
+        Value::String(s) if s.starts_with("http://") || s.starts_with("https://") => {
+            J::String(shown_url(s, []))
+        }
+        Value::String(s) => J::String(s.clone()),
+        Value::Sequence(items) => J::Array(items.iter().map(|v| redact(v, secret)).collect()),
+        Value::Mapping(map) => J::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let key = match k.as_str() {
+                        Some(k) => k.to_owned(),
+                        None => yaml_serde::to_string(k)
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned(),
+                    };
+                    let under_secret = secret
+                        || SECRET_KEYS.contains(&key.as_str())
+                        || crate::config::KafkaProperties::is_secret(&key);
+                    let shown = match v {
+                        // A scalar secret: redacted unless it only names a variable.
+                        Value::String(_) | Value::Number(_) | Value::Bool(_) if under_secret => {
+                            redact(v, true)
+                        }
+                        _ => redact(v, under_secret),
+                    };
+                    (key, shown)
+                })
+                .collect(),
+        ),
+        Value::Tagged(tagged) => redact(&tagged.value, secret),
+    }
+}
+
+/// `${VAR}` (or `${VAR:-…}` / `${VAR:?…}`) and nothing else: it names the variable, not the
+/// secret.
+fn is_reference(text: &str) -> bool {
+    let t = text.trim();
+    t.starts_with("${")
+        && t.ends_with('}')
+        && t[2..].find('}') == Some(t.len() - 3)
+        && !t[2..t.len() - 1].contains(":-")
+}
+
 /// Lays `overlay` over `base`: mappings merge key by key, anything else replaces.
 fn merge(base: &mut Value, overlay: Value) {
     match (base, overlay) {
@@ -240,5 +302,42 @@ mod tests {
             err.to_string(),
             "FIRESTREAM__QUEUE__MAX_RECORDS: `max_records` cannot be set below a value that is not a mapping (queue)"
         );
+    }
+
+    #[test]
+    fn the_shown_config_hides_inline_secrets_and_url_credentials() {
+        let root = yaml(
+            "sources:\n  f:\n    map_key: abcdef123456\n    url: \"https://x.example/a?api_key=zzz&q=1\"\n\
+             \x20 p:\n    api_key: ${PURPLEAIR_KEY}\n    headers: {X-Token: inline, Accept: text/csv}\n\
+             sink:\n  kafka:\n    properties: {sasl.password: hunter2, linger.ms: 20}\n\
+             api: {token: \"${T:-fallback-secret}\", bind: \"127.0.0.1:8080\"}\n",
+        );
+        let shown = redacted(&root);
+        assert_eq!(shown["sources"]["f"]["map_key"], "<redacted>");
+        assert_eq!(
+            shown["sources"]["f"]["url"],
+            "https://x.example/a?api_key=<redacted>&q=1"
+        );
+        assert_eq!(shown["sources"]["p"]["api_key"], "${PURPLEAIR_KEY}");
+        assert_eq!(shown["sources"]["p"]["headers"]["X-Token"], "<redacted>");
+        assert_eq!(shown["sources"]["p"]["headers"]["Accept"], "<redacted>");
+        assert_eq!(
+            shown["sink"]["kafka"]["properties"]["sasl.password"],
+            "<redacted>"
+        );
+        assert_eq!(shown["sink"]["kafka"]["properties"]["linger.ms"], 20);
+        // A default after `:-` is written inline: hidden.
+        assert_eq!(shown["api"]["token"], "<redacted>");
+        assert_eq!(shown["api"]["bind"], "127.0.0.1:8080");
+        let text = shown.to_string();
+        for secret in [
+            "abcdef123456",
+            "zzz",
+            "inline",
+            "hunter2",
+            "fallback-secret",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
     }
 }
