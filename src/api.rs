@@ -1,6 +1,7 @@
-//! The HTTP API of `firestream run` (DESIGN §8), on axum: liveness, readiness, stream status
-//! and control. Errors are JSON `{error, detail}`; mutating endpoints need the bearer token
-//! when `api.token` is set. The handlers are thin: [`Control`] does the work.
+//! The HTTP API of `firestream run` (DESIGN §8), on axum: liveness, readiness, Prometheus
+//! metrics, stream status and control. Errors are JSON `{error, detail}`; mutating endpoints
+//! need the bearer token when `api.token` is set. The handlers are thin: [`Control`] does
+//! the work, [`Metrics`] renders the scrape.
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{Control, ControlError};
+use crate::metrics::{Format, Metrics};
 use crate::secret::Secret;
 use crate::sinks::Sink;
 
@@ -23,6 +25,7 @@ pub struct ApiState {
     pub control: Arc<Control>,
     pub sink: Arc<dyn Sink>,
     pub token: Option<Secret>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// An error as the API answers it.
@@ -83,6 +86,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/streams/{id}", get(stream))
         .merge(mutating)
@@ -157,6 +161,31 @@ async fn ready(State(state): State<ApiState>) -> Response {
         )
             .into_response()
     }
+}
+
+/// The Prometheus scrape: OpenMetrics when the scraper asks for it, else the 0.0.4 text
+/// format. Not behind the token, as scrapers are configured without one.
+async fn metrics(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let page = state.metrics.render(format).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics_failed",
+            "the metrics page could not be written (a bug: please report it with the log)",
+        )
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        )],
+        page,
+    )
+        .into_response())
 }
 
 async fn streams(State(state): State<ApiState>) -> Json<Value> {
