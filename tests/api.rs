@@ -230,6 +230,8 @@ async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
 /// A scrape of `/metrics` without a token, parsed by a Prometheus text-format parser.
 struct Scrape {
     samples: Vec<prometheus_parse::Sample>,
+    /// The families the page declares (`# TYPE` lines), samples or not.
+    families: std::collections::BTreeSet<String>,
 }
 
 impl Scrape {
@@ -243,8 +245,14 @@ impl Scrape {
         let text = response.text().await.unwrap();
         let lines = text.lines().map(|l| Ok(l.to_owned()));
         let scrape = prometheus_parse::Scrape::parse(lines).expect("a Prometheus text page");
+        let families = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect();
         Scrape {
             samples: scrape.samples,
+            families,
         }
     }
 
@@ -441,6 +449,21 @@ async fn the_metrics_page_counts_a_known_ingest_with_bounded_labels() {
             assert!(["firms_a", "firms_b"].contains(&stream), "{sample:?}");
         }
     }
+
+    // The README's table lists exactly the families served.
+    let readme = std::fs::read_to_string(common::repo("README.md")).unwrap();
+    let listed: std::collections::BTreeSet<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `firestream_"))
+        .flat_map(|l| {
+            l.split('|')
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .map(|n| n.trim().trim_matches('`').to_owned())
+        })
+        .collect();
+    assert_eq!(listed, page.families);
 
     // OpenMetrics for a scraper that asks for it.
     let response = reqwest::Client::new()
