@@ -1,6 +1,7 @@
-//! The HTTP API of `firestream run` (DESIGN §8), on axum: liveness, readiness, stream status
-//! and control. Errors are JSON `{error, detail}`; mutating endpoints need the bearer token
-//! when `api.token` is set. The handlers are thin: [`Control`] does the work.
+//! The HTTP API of `firestream run` (DESIGN §8), on axum: liveness, readiness, Prometheus
+//! metrics, stream status and control. Errors are JSON `{error, detail}`; mutating endpoints
+//! need the bearer token when `api.token` is set. The handlers are thin: [`Control`] does
+//! the work, [`Metrics`] renders the scrape.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alert::{AlertError, AlertIntake, AlertRequest};
 use crate::control::{Control, ControlError};
+use crate::metrics::{Format, Metrics};
 use crate::secret::Secret;
 use crate::sinks::Sink;
 
@@ -30,6 +32,7 @@ pub struct ApiState {
     pub alerts: AlertIntake,
     /// [`crate::config::Config::shown`], computed once.
     pub config: Arc<Value>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// An error as the API answers it.
@@ -92,6 +95,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/streams/{id}", get(stream))
         .route("/api/v1/config", get(config))
@@ -171,6 +175,31 @@ async fn ready(State(state): State<ApiState>) -> Response {
 
 async fn config(State(state): State<ApiState>) -> Json<Value> {
     Json(state.config.as_ref().clone())
+}
+
+/// The Prometheus scrape: OpenMetrics when the scraper asks for it, else the 0.0.4 text
+/// format. Not behind the token, as scrapers are configured without one.
+async fn metrics(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let page = state.metrics.render(format).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics_failed",
+            "the metrics page could not be written (a bug: please report it with the log)",
+        )
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        )],
+        page,
+    )
+        .into_response())
 }
 
 async fn streams(State(state): State<ApiState>) -> Json<Value> {

@@ -32,6 +32,27 @@ pub enum StreamState {
 }
 
 impl StreamState {
+    pub const ALL: [StreamState; 6] = [
+        StreamState::Recovering,
+        StreamState::Running,
+        StreamState::Stopping,
+        StreamState::Stopped,
+        StreamState::Finished,
+        StreamState::Failed,
+    ];
+
+    /// The name the API and the metrics show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamState::Recovering => "recovering",
+            StreamState::Running => "running",
+            StreamState::Stopping => "stopping",
+            StreamState::Stopped => "stopped",
+            StreamState::Finished => "finished",
+            StreamState::Failed => "failed",
+        }
+    }
+
     fn is_active(self) -> bool {
         matches!(
             self,
@@ -323,5 +344,17 @@ impl Control {
             .iter()
             .filter_map(|id| self.view(id).ok())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_are_the_ones_the_api_shows() {
+        for state in StreamState::ALL {
+            assert_eq!(serde_json::json!(state), state.as_str());
+        }
     }
 }

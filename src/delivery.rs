@@ -260,9 +260,13 @@ impl Delivery {
     fn route(&self, batch: Batch) -> Vec<Message> {
         let mut messages = Vec::with_capacity(batch.records.len() + batch.dead_letters.len());
         let mut receipts = batch.receipts.into_iter();
+        let mut enqueued = batch.enqueued.into_iter();
         for record in &batch.records {
             let receipt = receipts.next().flatten();
-            messages.extend(self.router.route_with_receipt(record, receipt));
+            let messages_of = self
+                .router
+                .route_with_receipt(record, receipt, enqueued.next());
+            messages.extend(messages_of);
         }
         for dead in &batch.dead_letters {
             messages.push(self.router.dead_letter(dead));
@@ -294,6 +298,8 @@ impl Delivery {
         // the source must not acknowledge upstream (the message comes back instead).
         let mut failed_receipts = Vec::new();
         let lost_before = self.stats.dlq_write_failures.load(Ordering::Relaxed);
+        // The newest event delivered per stream: one update per stream per batch.
+        let mut newest: Vec<(Arc<str>, i64)> = Vec::new();
         let now = Instant::now();
         for ((mut message, result), attempt) in outcomes.into_iter().zip(attempts) {
             let e = match result {
@@ -302,7 +308,10 @@ impl Delivery {
                         id,
                         source_id,
                         source_type,
+                        priority,
                         copy: false,
+                        event_time_ms,
+                        enqueued,
                         ..
                     } = &message.origin
                     {
@@ -314,6 +323,16 @@ impl Delivery {
                             stored.offset,
                             Some(*id),
                         );
+                        if let Some(enqueued) = enqueued {
+                            self.stats.delivered_after(
+                                *priority,
+                                now.saturating_duration_since(*enqueued),
+                            );
+                        }
+                        match newest.iter_mut().find(|(s, _)| s == source_id) {
+                            Some((_, ms)) => *ms = (*ms).max(*event_time_ms),
+                            None => newest.push((source_id.clone(), *event_time_ms)),
+                        }
                     }
                     if let Origin::Record { receipt, .. } = &mut message.origin {
                         receipts.extend(receipt.take());
@@ -402,6 +421,9 @@ impl Delivery {
         }
         for (topic, n) in delivered {
             self.stats.add_delivered(&topic, n);
+        }
+        for (stream, ms) in newest {
+            self.stats.stream(&stream).newest_event.observe(ms);
         }
         for ((topic, kind), (records, reason)) in failures {
             warn!(%topic, error_kind = kind, records, error = %reason, "delivery failed; the records go to the DLQ");
@@ -820,6 +842,68 @@ mod tests {
         h.task.await.unwrap();
     }
 
+    /// Waits until `n` records have been accounted for (delivered or failed) on `topic`.
+    async fn accounted(h: &Harness, topic: &str, n: u64) {
+        for _ in 0..200 {
+            let done = h
+                .stats
+                .topics()
+                .get(topic)
+                .map_or(0, |t| t.delivered + t.failed);
+            if done >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{n} record(s) of {topic} were never accounted for");
+    }
+
+    #[tokio::test]
+    async fn an_acknowledged_record_moves_the_latency_and_the_freshness_of_its_stream() {
+        let h = harness();
+        let now = chrono::Utc::now();
+        let at = |hours_ago: i64| now - chrono::Duration::hours(hours_ago);
+        for (n, hours_ago) in [(1, 3), (2, 1), (3, 2)] {
+            let mut record = reading(n, Priority::Normal);
+            record.event_time = at(hours_ago);
+            h.queue.push(record).await.unwrap();
+        }
+        h.release(true).await;
+        accounted(&h, "wildfire-iot-sensors", 3).await;
+        let stream = h.stats.stream("iot");
+        // The newest event time of the batch, not the last one delivered.
+        assert_eq!(stream.newest_event.get(), Some(at(1).timestamp_millis()));
+        let normal = &h.stats.delivery_latency[Priority::Normal.lane()];
+        assert_eq!(normal.count(), 3);
+        assert!(normal.sum_seconds() > 0.0);
+
+        // A critical record counts once, though its copy in the critical topic is delivered too.
+        let mut critical = reading(4, Priority::Critical);
+        critical.event_time = at(5);
+        h.queue.push(critical).await.unwrap();
+        h.release(true).await;
+        accounted(&h, "wildfire-critical-alerts", 1).await;
+        accounted(&h, "wildfire-iot-sensors", 4).await;
+        assert_eq!(
+            h.stats.delivery_latency[Priority::Critical.lane()].count(),
+            1
+        );
+        // An older event leaves the freshness as it was.
+        assert_eq!(stream.newest_event.get(), Some(at(1).timestamp_millis()));
+
+        // A record that failed for good was not delivered: neither latency nor freshness move.
+        let mut failed = reading(5, Priority::Normal);
+        failed.event_time = now;
+        h.queue.push(failed).await.unwrap();
+        h.release(false).await;
+        accounted(&h, "wildfire-iot-sensors", 5).await;
+        assert_eq!(h.stats.topics()["wildfire-iot-sensors"].failed, 1);
+        assert_eq!(normal.count(), 3);
+        assert_eq!(stream.newest_event.get(), Some(at(1).timestamp_millis()));
+        h.queue.close();
+        h.task.await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_record_whose_dead_letter_is_lost_is_not_acknowledged() {
         let h = harness_with(GatedSink {
@@ -1046,7 +1130,7 @@ mod tests {
     fn message(topic: &str, key: &str, n: u32) -> Message {
         let config = Config::parse("", Path::new("t.yaml")).unwrap();
         let mut m = Router::new(&config)
-            .route_with_receipt(&reading(n, Priority::Normal), None)
+            .route_with_receipt(&reading(n, Priority::Normal), None, None)
             .remove(0);
         m.topic = Arc::from(topic);
         m.key = key.to_owned();

@@ -185,6 +185,7 @@ struct EnvelopeHead {
     kind: String,
     priority: Priority,
     ingested_at: String,
+    event_time: String,
 }
 
 /// A dead letter that cannot be replayed, and why.
@@ -308,6 +309,8 @@ fn replay_message(letter: &StoredLetter) -> Result<Message, String> {
         .ok_or_else(|| format!("record id {:?} is not 32 hex digits", head.id))?;
     let ingested_at = chrono::DateTime::parse_from_rfc3339(&head.ingested_at)
         .map_err(|e| format!("record ingested_at {:?}: {e}", head.ingested_at))?;
+    let event_time = chrono::DateTime::parse_from_rfc3339(&head.event_time)
+        .map_err(|e| format!("record event_time {:?}: {e}", head.event_time))?;
     Ok(Message {
         topic: Arc::from(topic.as_str()),
         key: key.clone(),
@@ -321,6 +324,8 @@ fn replay_message(letter: &StoredLetter) -> Result<Message, String> {
             priority: head.priority,
             copy: false,
             receipt: None,
+            event_time_ms: event_time.timestamp_millis(),
+            enqueued: None,
         },
     })
 }

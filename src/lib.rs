@@ -18,6 +18,7 @@ pub mod dlq;
 pub mod dlq_admin;
 pub mod http;
 pub mod manager;
+pub mod metrics;
 pub mod mode;
 pub mod queue;
 pub mod receipt;

@@ -7,6 +7,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -16,6 +17,7 @@ use firestream::config::{Config, ConfigError, LogFormat, SinkKind};
 use firestream::manager::{
     IngestTarget, ManagerError, Report, StreamManager, dead_letters_by_stage,
 };
+use firestream::metrics::Metrics;
 use firestream::sinks::log::groups;
 use firestream::sinks::log::reader::{self, TopicReader};
 use firestream::sources::SourceType;
@@ -227,11 +229,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let manager = StreamManager::new(config).await?;
                 let sink = manager.sink();
                 let alerts = manager.alert_intake();
+                let telemetry = manager.telemetry();
                 let shutdown = shutdown_on_signals();
                 let api_stop = CancellationToken::new();
                 let server_stop = api_stop.clone();
-                let serve = move |control| {
+                let serve = move |control: Arc<firestream::control::Control>| {
                     let Some(listener) = listener else { return };
+                    let metrics = Arc::new(Metrics::new(telemetry, control.clone()));
                     let state = ApiState {
                         control,
                         sink,
@@ -239,6 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         max_body: usize::try_from(api.max_body.0).unwrap_or(usize::MAX),
                         alerts,
                         config: shown,
+                        metrics,
                     };
                     tokio::spawn(async move {
                         if let Err(e) = firestream::api::serve(listener, state, server_stop).await {

@@ -207,6 +207,8 @@ pub struct StreamManager {
     checkpoints: Option<Arc<Checkpoints>>,
     /// `throttle.enabled`: the throttle delivery waits on and the probe that drives it.
     throttle: Option<ThrottleParts>,
+    /// When it was built: the service's start, for the uptime metrics.
+    started: std::time::SystemTime,
 }
 
 /// The throttle delivery waits on, and the probe whose samples drive it.
@@ -250,6 +252,7 @@ impl StreamManager {
             checkpoints: None,
             sink,
             config,
+            started: std::time::SystemTime::now(),
         })
     }
 
@@ -295,6 +298,17 @@ impl StreamManager {
 
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// What `/metrics` reads (with the streams' [`Control`], known once `run` starts them).
+    pub fn telemetry(&self) -> crate::metrics::Telemetry {
+        crate::metrics::Telemetry {
+            stats: self.stats.clone(),
+            queue: self.queue.clone(),
+            clients: self.clients.clone(),
+            sink: self.sink.clone(),
+            started: self.started,
+        }
     }
 
     /// A file stream over `paths` (`ingest`, or a source with `paths:`).

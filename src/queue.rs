@@ -27,6 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -49,6 +50,9 @@ pub struct Batch {
     /// The receipt of each record, in the order of `records` (`None` for sources that need
     /// no acknowledgement). Drop one only once its record's outcome is accounted for.
     pub receipts: Vec<Option<Receipt>>,
+    /// When each record entered the queue, in the order of `records`: delivery measures
+    /// enqueue → acknowledgement from it.
+    pub enqueued: Vec<Instant>,
     pub dead_letters: Vec<DeadLetter>,
 }
 
@@ -279,12 +283,14 @@ pub struct Queue {
     ready_bulk: Notify,
 }
 
-/// A queued record, the receipt its source waits on, and its estimated size.
+/// A queued record, the receipt its source waits on, its estimated size, and when it was
+/// enqueued (one clock read per record, for the delivery latency).
 #[derive(Debug)]
 struct Item {
     record: Record,
     receipt: Option<Receipt>,
     bytes: u64,
+    enqueued: Instant,
 }
 
 #[derive(Default)]
@@ -477,8 +483,12 @@ impl Queue {
             bytes: estimated_bytes(&record),
             record,
             receipt,
+            enqueued: Instant::now(),
         };
         let mut item = Some(item);
+        // A record that waited for room is stamped again when it gets in: the wait is the
+        // source's backpressure, not time spent in the queue.
+        let mut waited = false;
         loop {
             // Registered before the check, so a wake-up between check and wait is not missed.
             let notified = self.space.notified();
@@ -486,9 +496,12 @@ impl Queue {
             notified.as_mut().enable();
             {
                 let mut state = self.state.lock().expect("queue lock");
-                let queued = item.take().expect("item present until inserted");
+                let mut queued = item.take().expect("item present until inserted");
                 if state.closed {
                     return Err(Closed((queued.record, queued.receipt)));
+                }
+                if waited {
+                    queued.enqueued = Instant::now();
                 }
                 if self.room(&state, priority, queued.bytes, 0, 0) {
                     state.push(queued);
@@ -550,6 +563,7 @@ impl Queue {
                 item = Some(queued);
             }
             notified.await;
+            waited = true;
         }
     }
 
@@ -639,6 +653,7 @@ impl Queue {
         let mut batch = Batch {
             records: Vec::with_capacity(total),
             receipts: Vec::with_capacity(total),
+            enqueued: Vec::with_capacity(total),
             dead_letters,
         };
         for (lane, n) in counts.into_iter().enumerate() {
@@ -646,6 +661,7 @@ impl Queue {
                 let item = state.pop_front(lane).expect("counted");
                 batch.records.push(item.record);
                 batch.receipts.push(item.receipt);
+                batch.enqueued.push(item.enqueued);
             }
         }
         batch
@@ -668,6 +684,11 @@ impl Queue {
         drop(state);
         self.space.notify_waiters();
         batch
+    }
+
+    /// The bounds it was built with.
+    pub fn settings(&self) -> QueueSettings {
+        self.settings
     }
 
     pub fn depth(&self) -> Depth {
@@ -802,6 +823,31 @@ pub(crate) mod tests {
         }
         assert_eq!(q.pop(Lanes::Bulk, 3).await.unwrap().records.len(), 3);
         assert_eq!(q.depth().by_priority, [0, 0, 2, 0]);
+    }
+
+    #[tokio::test]
+    async fn each_record_carries_the_time_it_got_in_not_the_time_it_waited_for_room() {
+        let q = Arc::new(Queue::new(1, 0));
+        let before = Instant::now();
+        q.push(record(1, Priority::Low)).await.unwrap();
+        let waiting = {
+            let q = q.clone();
+            tokio::spawn(async move { q.push(record(2, Priority::Low)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let popped_at = Instant::now();
+        let first = q.pop(Lanes::Bulk, 10).await.unwrap();
+        assert_eq!(first.enqueued.len(), 1);
+        assert!(before <= first.enqueued[0] && first.enqueued[0] <= popped_at);
+        waiting.await.unwrap().unwrap();
+        let second = q.pop(Lanes::Bulk, 10).await.unwrap();
+        assert_eq!(alert_id(&second.records[0]), "2");
+        // Stamped when room appeared, after the 50 ms spent blocked.
+        assert!(second.enqueued[0] >= popped_at);
+        // `drain` keeps them in step with the records too.
+        q.push(record(3, Priority::Low)).await.unwrap();
+        let left = q.drain();
+        assert_eq!(left.enqueued.len(), left.records.len());
     }
 
     #[tokio::test]

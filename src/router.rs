@@ -98,11 +98,17 @@ impl Router {
 
     /// The message(s) for a record: one, plus the copy when it is critical.
     pub fn route(&self, record: &Record) -> Vec<Message> {
-        self.route_with_receipt(record, None)
+        self.route_with_receipt(record, None, None)
     }
 
-    /// [`Router::route`], each message carrying a clone of the record's receipt.
-    pub fn route_with_receipt(&self, record: &Record, receipt: Option<Receipt>) -> Vec<Message> {
+    /// [`Router::route`], each message carrying a clone of the record's receipt and the
+    /// time it entered the queue.
+    pub fn route_with_receipt(
+        &self,
+        record: &Record,
+        receipt: Option<Receipt>,
+        enqueued: Option<std::time::Instant>,
+    ) -> Vec<Message> {
         let topic = self.topic(&record.source_id, record.source_type);
         let payload = record.to_json();
         let headers = record_headers(
@@ -117,6 +123,8 @@ impl Router {
             priority: record.priority,
             copy,
             receipt: receipt.clone(),
+            event_time_ms: record.event_time.timestamp_millis(),
+            enqueued,
         };
         let message = Message {
             key: self.key(record),

@@ -1,11 +1,14 @@
 //! Counters every component moves, so each record's fate is accounted for: delivered,
-//! deduplicated, or in the DLQ. The ingest summary reads them; Prometheus will export them.
+//! deduplicated, or in the DLQ. The ingest summary and the HTTP API read them, and
+//! [`crate::metrics`] exports them to Prometheus at scrape time.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::dlq::Stage;
+use crate::metrics::LatencyHistogram;
+use crate::record::Priority;
 
 /// Per-stream counters.
 #[derive(Debug, Default)]
@@ -32,6 +35,32 @@ pub struct StreamStats {
     pub unchanged: AtomicU64,
     /// What an operator needs to see about the stream's upstream.
     pub status: Mutex<UpstreamStatus>,
+    /// The newest `event_time` among the stream's delivered records: its data freshness.
+    pub newest_event: NewestEvent,
+    /// How long each poll took (fetch, parse and enqueue), polls skipped not included.
+    pub poll_latency: LatencyHistogram,
+}
+
+/// The newest event time seen, in ms since the epoch; moved only forwards, without a lock.
+#[derive(Debug)]
+pub struct NewestEvent(AtomicI64);
+
+impl Default for NewestEvent {
+    fn default() -> Self {
+        NewestEvent(AtomicI64::new(i64::MIN))
+    }
+}
+
+impl NewestEvent {
+    /// Keeps `ms` if it is newer than what is held.
+    pub fn observe(&self, ms: i64) {
+        self.0.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// `None` until a record was delivered.
+    pub fn get(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|&ms| ms != i64::MIN)
+    }
 }
 
 /// The stream's view of its upstream (DESIGN §5 ApiClient; stream status).
@@ -114,6 +143,8 @@ pub struct Stats {
     /// Dead letters the sink refused that went to the local log's DLQ instead.
     pub dlq_fallback: AtomicU64,
     throttle: Mutex<BTreeMap<String, ThrottleStatus>>,
+    /// Enqueue → sink acknowledgement per record, by priority (index = queue lane).
+    pub delivery_latency: [LatencyHistogram; 4],
 }
 
 /// One topic's lag-driven throttle (DESIGN §5 LagProbe + Throttle), as last evaluated.
@@ -221,6 +252,11 @@ impl Stats {
     /// Each throttled topic's level, rate and lag (empty when the throttle is off).
     pub fn throttle(&self) -> BTreeMap<String, ThrottleStatus> {
         self.throttle.lock().expect("stats lock").clone()
+    }
+
+    /// Records `elapsed` from enqueue to acknowledgement for a record of `priority`.
+    pub fn delivered_after(&self, priority: Priority, elapsed: std::time::Duration) {
+        self.delivery_latency[priority.lane()].observe(elapsed);
     }
 
     pub fn dead_letters(&self) -> BTreeMap<Stage, u64> {

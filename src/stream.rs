@@ -76,6 +76,8 @@ pub struct PollOutcome {
     pub failed_files: usize,
     /// Stopped early by shutdown; unfinished files are read again next time.
     pub interrupted: bool,
+    /// Not made: the circuit is open or upstream paused the stream.
+    pub skipped: bool,
 }
 
 impl Stream {
@@ -137,12 +139,17 @@ impl Stream {
     pub async fn poll_once(&mut self, cancel: &CancellationToken) -> PollOutcome {
         let stream_stats = self.stats.stream(&self.id);
         stream_stats.update_status(|s| s.last_poll = Some(now_text()));
-        match self.transport {
-            Transport::File(_) => self.poll_files(cancel, stream_stats).await,
-            Transport::Http(_) => self.poll_http(cancel, stream_stats).await,
+        let started = Instant::now();
+        let outcome = match self.transport {
+            Transport::File(_) => self.poll_files(cancel, stream_stats.clone()).await,
+            Transport::Http(_) => self.poll_http(cancel, stream_stats.clone()).await,
             // Pushed by its broker: nothing to poll.
-            Transport::Mqtt(_) => PollOutcome::default(),
+            Transport::Mqtt(_) => return PollOutcome::default(),
+        };
+        if !outcome.skipped {
+            stream_stats.poll_latency.observe(started.elapsed());
         }
+        outcome
     }
 
     fn job(
@@ -264,6 +271,9 @@ impl Stream {
         if outcome.files > 0 {
             poll_done(&outcome, 0, &before, &stream_stats);
         }
+        if outcome.failed_files == 0 && !outcome.interrupted {
+            stream_stats.update_status(|s| s.last_success = Some(now_text()));
+        }
         count_poll(&outcome, &stream_stats);
         outcome
     }
@@ -305,6 +315,7 @@ impl Stream {
         if let Some(until) = source.paused_until {
             if now < until {
                 stream_stats.polls_skipped.fetch_add(1, Relaxed);
+                outcome.skipped = true;
                 return outcome;
             }
             source.paused_until = None;
@@ -316,6 +327,7 @@ impl Stream {
         if let Err(wait) = source.breaker.permit(now) {
             debug!(probe_in_s = wait.as_secs(), "circuit open; poll skipped");
             stream_stats.polls_skipped.fetch_add(1, Relaxed);
+            outcome.skipped = true;
             return outcome;
         }
         // A stop must not wait for a slow upstream, a host pause or a retry's backoff.

@@ -1,6 +1,7 @@
 //! The HTTP API end to end (DESIGN §8, issue #6): `firestream run` — the binary — on a free
 //! port with a bearer token, driven over real HTTP: health, readiness, stream status,
-//! stop and start (state and counters change), the token enforced, and the error shapes.
+//! stop and start (state and counters change), the token enforced, the error shapes, and
+//! the Prometheus page parsed after a known ingest.
 
 mod common;
 
@@ -117,6 +118,13 @@ async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
         (StatusCode::OK, Some(true)),
         "{body}"
     );
+
+    // The effective config, secrets shown only as the variables that hold them.
+    let (status, shown) = get(&format!("{base}/api/v1/config")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["config"]["api"]["token"], "${FS_API_TEST_TOKEN}", "{shown}");
+    assert_eq!(shown["config"]["sources"]["firms_a"]["interval"], "1h", "{shown}");
+    assert!(!shown.to_string().contains(TOKEN), "{shown}");
 
     // Both streams run; the one with a file has read it.
     let a = wait_for_state(&base, "firms_a", "running").await;
@@ -375,6 +383,271 @@ async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
         assert_eq!(value["source_id"], "manual_alerts");
         assert_eq!(value["data"]["headline"], "Evacuate zone 4 now");
     }
+}
+
+/// A scrape of `/metrics` without a token, parsed by a Prometheus text-format parser.
+struct Scrape {
+    samples: Vec<prometheus_parse::Sample>,
+    /// The families the page declares (`# TYPE` lines), samples or not.
+    families: std::collections::BTreeSet<String>,
+}
+
+impl Scrape {
+    async fn get(base: &str) -> Scrape {
+        let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let text = response.text().await.unwrap();
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("a Prometheus text page");
+        let families = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap().to_owned())
+            .collect();
+        Scrape {
+            samples: scrape.samples,
+            families,
+        }
+    }
+
+    /// The value of the one sample of `name` whose labels include `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<_> = self
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .collect();
+        assert!(found.len() <= 1, "{name} {labels:?}: {found:?}");
+        found.first().map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{name} is not a single value: {other:?}"),
+        })
+    }
+
+    /// The sum over every sample of `name` whose labels include `labels`.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                other => panic!("{name} is not a single value: {other:?}"),
+            })
+            .sum()
+    }
+}
+
+/// The newest acquisition time of a FIRMS file (`acq_date`, `acq_time` HHMM), in seconds.
+fn newest_acquisition(path: &Path) -> i64 {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|c| *c == name).unwrap();
+    let (date, time) = (column("acq_date"), column("acq_time"));
+    lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let fields: Vec<&str> = l.split(',').collect();
+            let at = format!("{} {:0>4}", fields[date], fields[time]);
+            chrono::NaiveDateTime::parse_from_str(&at, "%Y-%m-%d %H%M")
+                .unwrap()
+                .and_utc()
+                .timestamp()
+        })
+        .max()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_metrics_page_counts_a_known_ingest_with_bounded_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base, _log) = start(dir.path());
+    let firms_a = [("stream", "firms_a"), ("source_type", "nasa_firms")];
+    let topic = ("topic", "wildfire-nasa-firms");
+
+    // The real FIRMS file: 5,824 rows, all valid. Wait until every record is acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let page = loop {
+        let page = Scrape::get(&base).await;
+        let delivered = page.value(
+            "firestream_delivery_records_total",
+            &[topic, ("outcome", "delivered")],
+        );
+        if delivered == Some(5_824.0) {
+            break page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not delivered in time: {delivered:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stream = |name: &str, extra: &[(&str, &str)]| {
+        let labels: Vec<_> = firms_a.iter().chain(extra).copied().collect();
+        page.value(name, &labels)
+    };
+    assert_eq!(
+        stream("firestream_stream_rows_fetched_total", &[]),
+        Some(5_824.0)
+    );
+    assert_eq!(
+        stream("firestream_stream_records_emitted_total", &[]),
+        Some(5_824.0)
+    );
+    assert_eq!(
+        stream("firestream_stream_records_enqueued_total", &[]),
+        Some(5_824.0)
+    );
+    assert_eq!(
+        stream("firestream_stream_records_invalid_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        stream("firestream_stream_records_dropped_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        stream("firestream_stream_polls_total", &[("outcome", "ok")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        stream("firestream_stream_state", &[("state", "running")]),
+        Some(1.0)
+    );
+    assert!(stream("firestream_stream_last_success_timestamp_seconds", &[]).is_some());
+    let failed = page.value(
+        "firestream_delivery_records_total",
+        &[topic, ("outcome", "failed")],
+    );
+    assert_eq!(failed, Some(0.0));
+    // Drained: nothing waits in any lane.
+    assert_eq!(page.sum("firestream_queue_records", &[]), 0.0);
+    assert_eq!(page.sum("firestream_queue_bytes", &[]), 0.0);
+    // Histograms: the poll was timed, and every delivered record once (high and normal
+    // priorities: FIRMS detections with high confidence and FRP ≥ 100 MW are high).
+    let polls = stream("firestream_stream_poll_duration_seconds_count", &[]).unwrap();
+    assert!(polls >= 1.0, "{polls}");
+    let latencies = page.sum("firestream_delivery_latency_seconds_count", &[]);
+    assert_eq!(latencies, 5_824.0);
+    assert!(
+        page.value(
+            "firestream_delivery_latency_seconds_count",
+            &[("priority", "high")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    // Freshness: the newest delivered event is the file's newest acquisition.
+    let newest = newest_acquisition(&dir.path().join("feed/m6.csv"));
+    assert_eq!(
+        stream("firestream_stream_newest_event_timestamp_seconds", &[]),
+        Some(newest as f64)
+    );
+    let age = stream("firestream_stream_data_age_seconds", &[]).unwrap();
+    let expected = (chrono::Utc::now().timestamp() - newest) as f64;
+    assert!(
+        (expected - 60.0..=expected + 1.0).contains(&age),
+        "{age} vs {expected}"
+    );
+    // The stream that read nothing has no freshness to show.
+    let firms_b = [("stream", "firms_b")];
+    assert_eq!(
+        page.value("firestream_stream_data_age_seconds", &firms_b),
+        None
+    );
+    assert_eq!(
+        page.value("firestream_stream_rows_fetched_total", &firms_b),
+        Some(0.0)
+    );
+    for stage in ["fetch", "parse", "validate", "queue", "deliver", "shutdown"] {
+        assert_eq!(
+            page.value("firestream_dlq_records_total", &[("stage", stage)]),
+            Some(0.0)
+        );
+    }
+    assert_eq!(
+        page.value(
+            "firestream_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert!(page.value("firestream_uptime_seconds", &[]).unwrap() > 0.0);
+
+    // Labels are bounded: never a record id, a URL or a path.
+    let envelopes = common::envelopes(&dir.path().join("out/log"), "wildfire-nasa-firms");
+    let ids: std::collections::HashSet<&str> = envelopes
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5_824);
+    for sample in &page.samples {
+        for (name, value) in sample.labels.iter() {
+            let hex_id = value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit());
+            assert!(
+                !hex_id
+                    && !ids.contains(value.as_str())
+                    && !value.contains("://")
+                    && !value.contains('/'),
+                "{} has label {name}={value:?}",
+                sample.metric
+            );
+        }
+        if let Some(stream) = sample.labels.get("stream") {
+            assert!(["firms_a", "firms_b"].contains(&stream), "{sample:?}");
+        }
+    }
+
+    // The README's table lists exactly the families served.
+    let readme = std::fs::read_to_string(common::repo("README.md")).unwrap();
+    let listed: std::collections::BTreeSet<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `firestream_"))
+        .flat_map(|l| {
+            l.split('|')
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .map(|n| n.trim().trim_matches('`').to_owned())
+        })
+        .collect();
+    assert_eq!(listed, page.families);
+
+    // OpenMetrics for a scraper that asks for it.
+    let response = reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(response.text().await.unwrap().ends_with("# EOF\n"));
+
+    // A stop shows in the state gauge.
+    let (status, _, _) = post(&format!("{base}/api/v1/streams/firms_a/stop"), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    let page = Scrape::get(&base).await;
+    let state = |s: &str| page.value("firestream_stream_state", &[firms_a[0], ("state", s)]);
+    assert_eq!((state("stopped"), state("running")), (Some(1.0), Some(0.0)));
+
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
 }
 
 fn sigterm(child: &Child) {

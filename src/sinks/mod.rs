@@ -46,6 +46,12 @@ pub enum Origin {
         copy: bool,
         /// Held until the outcome is accounted for (see [`crate::receipt`]).
         receipt: Option<Receipt>,
+        /// The record's `event_time` (ms since the epoch): a stream's data freshness is
+        /// that of its newest delivered event.
+        event_time_ms: i64,
+        /// When it entered the queue (`None` when it did not come through one, as in a
+        /// DLQ replay), for the enqueue → acknowledgement latency.
+        enqueued: Option<std::time::Instant>,
     },
     DeadLetter {
         stage: Stage,

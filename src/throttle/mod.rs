@@ -251,6 +251,8 @@ mod tests {
                     priority,
                     copy: false,
                     receipt: None,
+                    event_time_ms: 0,
+                    enqueued: None,
                 },
                 None => Origin::DeadLetter {
                     stage: Stage::Validate,
