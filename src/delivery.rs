@@ -316,13 +316,17 @@ impl Delivery {
                     } = &message.origin
                     {
                         self.dedupe.for_type(*source_type).ack(id, source_id);
-                        self.ledger.acked(
-                            source_id,
-                            &message.topic,
-                            stored.partition,
-                            stored.offset,
-                            Some(*id),
-                        );
+                        // Without an offset the ledger does not move: recovery then reads
+                        // from the last known one, which is safe.
+                        if let Some(offset) = stored.offset {
+                            self.ledger.acked(
+                                source_id,
+                                &message.topic,
+                                stored.partition,
+                                offset,
+                                Some(*id),
+                            );
+                        }
                         if let Some(enqueued) = enqueued {
                             self.stats.delivered_after(
                                 *priority,
@@ -633,7 +637,7 @@ mod tests {
                             m,
                             Ok(Delivered {
                                 partition: 0,
-                                offset: 0,
+                                offset: Some(0),
                             }),
                         )
                     })
@@ -650,7 +654,7 @@ mod tests {
                         let result = match verdict {
                             Verdict::Deliver => Ok(Delivered {
                                 partition: 0,
-                                offset: 0,
+                                offset: Some(0),
                             }),
                             Verdict::Fatal => {
                                 Err(SinkError::fatal("message_too_large", "refused by the test"))

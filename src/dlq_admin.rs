@@ -749,7 +749,7 @@ mod tests {
                 .iter()
                 .map(|(_, r)| r.as_ref().unwrap().offset)
                 .collect();
-            assert_eq!(placed, vec![0, 1, 2]);
+            assert_eq!(placed, vec![Some(0), Some(1), Some(2)]);
             sink.close().await.unwrap();
         }
         let deliver_only = Filter {

@@ -122,8 +122,14 @@ async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
     // The effective config, secrets shown only as the variables that hold them.
     let (status, shown) = get(&format!("{base}/api/v1/config")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(shown["config"]["api"]["token"], "${FS_API_TEST_TOKEN}", "{shown}");
-    assert_eq!(shown["config"]["sources"]["firms_a"]["interval"], "1h", "{shown}");
+    assert_eq!(
+        shown["config"]["api"]["token"], "${FS_API_TEST_TOKEN}",
+        "{shown}"
+    );
+    assert_eq!(
+        shown["config"]["sources"]["firms_a"]["interval"], "1h",
+        "{shown}"
+    );
     assert!(!shown.to_string().contains(TOKEN), "{shown}");
 
     // Both streams run; the one with a file has read it.

@@ -318,3 +318,80 @@ fn kill_9_during_an_ingest_into_a_real_broker_then_restart_stores_each_record_on
     );
     assert_eq!((consumed.len(), ids.len()), (79_885, 79_885));
 }
+
+/// The only broker unresponsive for 10 s mid-stream (SIGSTOP, then SIGCONT), with a short
+/// request timeout so librdkafka gives up on the requests in flight, reconnects and sends
+/// them again: the idempotent producer's sequence numbers let the broker discard what it
+/// had already stored. Nothing lost, nothing stored twice, nothing dead-lettered.
+#[test]
+fn a_broker_frozen_for_10_s_mid_stream_stores_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let config = dir.path().join("kafka.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "sink: {{type: kafka, kafka: {{bootstrap_servers: \"{}\", properties: {{request.timeout.ms: \"2000\", socket.timeout.ms: \"2000\"}}}}}}\ntopics: {{wildfire-nasa-firms: {{partitions: 4}}}}\n",
+            broker.bootstrap
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firestream"))
+        .args(["ingest", "-c"])
+        .arg(&config)
+        .args(["--source-type", "nasa_firms", "--json"])
+        .args(firms_files())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut before = 0;
+    while before < 10_000 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the ingest ended before the freeze"
+        );
+        assert!(started.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(20));
+        before = reported_count(&broker.bootstrap, "wildfire-nasa-firms");
+    }
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &broker.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(10));
+    signal("-CONT");
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let consumed = read_until_idle(
+        &broker.bootstrap,
+        "wildfire-nasa-firms",
+        Duration::from_secs(5),
+    );
+    let ids: HashSet<&str> = consumed
+        .iter()
+        .map(|m| m.headers["firestream-id"].as_str())
+        .collect();
+    let dlq = summary["dead_letters"]
+        .as_object()
+        .map_or(0, |d| d.values().filter_map(Value::as_u64).sum::<u64>());
+    eprintln!(
+        "| only broker frozen 10 s mid-stream (SIGSTOP/SIGCONT), idempotent producer | tansu 0.6 | 79885 | {} | {dlq} | {} | {} | {before} stored before; {} firestream retries |",
+        consumed.len(),
+        79_885 - ids.len(),
+        consumed.len() - ids.len(),
+        summary["topics"]["wildfire-nasa-firms"]["retries"]
+    );
+    assert_eq!(dlq, 0, "{summary}");
+    assert_eq!((consumed.len(), ids.len()), (79_885, 79_885));
+}

@@ -64,7 +64,9 @@ pub enum Origin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
     pub partition: u32,
-    pub offset: u64,
+    /// `None` when the broker did not say: librdkafka reports offset -1 for a batch the
+    /// broker recognised as a resend of one it had stored (idempotent producer).
+    pub offset: Option<u64>,
 }
 
 /// Whether trying again can help.

@@ -291,7 +291,7 @@ impl ProducerContext for SinkContext {
         let outcome = match result {
             Ok(message) => Ok(Delivered {
                 partition: message.partition() as u32,
-                offset: message.offset() as u64,
+                offset: u64::try_from(message.offset()).ok(),
             }),
             Err((e, _)) => Err(classify(e)),
         };

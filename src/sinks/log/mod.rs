@@ -332,7 +332,10 @@ impl Inner {
                 let outcome = result.and_then(|(partition, offset)| {
                     match failed.get(&(message.topic.clone(), partition)) {
                         Some(err) => Err(err.clone()),
-                        None => Ok(Delivered { partition, offset }),
+                        None => Ok(Delivered {
+                            partition,
+                            offset: Some(offset),
+                        }),
                     }
                 });
                 (message, outcome)
@@ -647,7 +650,7 @@ mod tests {
         for (i, (_, result)) in outcomes.iter().enumerate() {
             let d = result.as_ref().unwrap();
             assert_eq!(d.partition, expected_partition);
-            assert_eq!(d.offset, i as u64);
+            assert_eq!(d.offset, Some(i as u64));
         }
         let path = dir
             .path()
@@ -689,7 +692,7 @@ mod tests {
             );
         }
         // A dead letter may use the reserve.
-        assert_eq!(outcomes[3].1.as_ref().unwrap().offset, 0);
+        assert_eq!(outcomes[3].1.as_ref().unwrap().offset, Some(0));
         assert!(!dir.path().join("t2").exists());
         let r = sink.readiness();
         assert!(!r.ready);
@@ -707,7 +710,7 @@ mod tests {
         assert!(r.ready, "{}", r.detail);
         assert!(r.detail.contains("space available again"), "{}", r.detail);
         let outcomes = sink.send(vec![message("t2", "9q8y", 0)]).await;
-        assert_eq!(outcomes[0].1.as_ref().unwrap().offset, 0);
+        assert_eq!(outcomes[0].1.as_ref().unwrap().offset, Some(0));
         assert_eq!(
             sink.readiness(),
             Readiness {
