@@ -269,3 +269,33 @@ fn list_on_an_empty_log_and_a_filter_that_matches_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Reading the local log needs no source's keys: `dlq list` and `tail` work with the
+/// production config when its `${VAR}` secrets are not set; `run` still refuses.
+#[test]
+fn reading_the_log_does_not_need_the_sources_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        "sink: {type: log, log: {dir: log}}\n\
+         sources:\n  firms: {type: nasa_firms, interval: 1h, map_key: \"${FS_TEST_UNSET_KEY}\"}\n",
+    )
+    .unwrap();
+    let out = firestream(dir.path(), &["dlq", "list", "-c", "c.yaml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The config loads; the log simply has no such topic yet.
+    let out = firestream(dir.path(), &["tail", "-c", "c.yaml", "wildfire-nasa-firms"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("topic wildfire-nasa-firms not found"), "{err}");
+    let out = firestream(dir.path(), &["validate", "-c", "c.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("FS_TEST_UNSET_KEY is not set"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
