@@ -82,26 +82,70 @@ impl From<ControlError> for ApiError {
     }
 }
 
-/// Every route. Mutating ones sit behind the token check.
+/// The OpenAPI document of this API, served at `/api/v1/openapi.yaml`.
+pub const OPENAPI: &str = include_str!("../docs/openapi.yaml");
+
+/// Every route: method, path, and whether it changes something (then the token applies).
+/// The OpenAPI document lists exactly these (a test holds them together).
+pub const ROUTES: [(&str, &str, bool); 13] = [
+    ("GET", "/health", false),
+    ("GET", "/ready", false),
+    ("GET", "/metrics", false),
+    ("GET", "/api/v1/openapi.yaml", false),
+    ("GET", "/api/v1/config", false),
+    ("GET", "/api/v1/streams", false),
+    ("GET", "/api/v1/streams/{id}", false),
+    ("POST", "/api/v1/streams/{id}/start", true),
+    ("POST", "/api/v1/streams/{id}/stop", true),
+    ("POST", "/api/v1/streams/start-all", true),
+    ("POST", "/api/v1/streams/stop-all", true),
+    ("POST", "/api/v1/ingest", true),
+    ("POST", "/api/v1/alerts", true),
+];
+
+/// The handler of a route in [`ROUTES`].
+fn handler(method: &str, path: &str) -> axum::routing::MethodRouter<ApiState> {
+    match (method, path) {
+        ("GET", "/health") => get(health),
+        ("GET", "/ready") => get(ready),
+        ("GET", "/metrics") => get(metrics),
+        ("GET", "/api/v1/openapi.yaml") => get(openapi),
+        ("GET", "/api/v1/config") => get(config),
+        ("GET", "/api/v1/streams") => get(streams),
+        ("GET", "/api/v1/streams/{id}") => get(stream),
+        ("POST", "/api/v1/streams/{id}/start") => post(start),
+        ("POST", "/api/v1/streams/{id}/stop") => post(stop),
+        ("POST", "/api/v1/streams/start-all") => post(start_all),
+        ("POST", "/api/v1/streams/stop-all") => post(stop_all),
+        ("POST", "/api/v1/ingest") => post(ingest),
+        ("POST", "/api/v1/alerts") => post(alert),
+        _ => unreachable!("{method} {path} is in ROUTES without a handler"),
+    }
+}
+
+/// Every route of [`ROUTES`]. Mutating ones sit behind the token check.
 pub fn router(state: ApiState) -> Router {
-    let mutating = Router::new()
-        .route("/api/v1/streams/start-all", post(start_all))
-        .route("/api/v1/streams/stop-all", post(stop_all))
-        .route("/api/v1/streams/{id}/start", post(start))
-        .route("/api/v1/streams/{id}/stop", post(stop))
-        .route("/api/v1/ingest", post(ingest))
-        .route("/api/v1/alerts", post(alert))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/streams", get(streams))
-        .route("/api/v1/streams/{id}", get(stream))
-        .route("/api/v1/config", get(config))
-        .merge(mutating)
-        .fallback(not_found)
-        .with_state(state)
+    let (mut open, mut mutating) = (Router::new(), Router::new());
+    for (method, path, changes) in ROUTES {
+        if changes {
+            mutating = mutating.route(path, handler(method, path));
+        } else {
+            open = open.route(path, handler(method, path));
+        }
+    }
+    let mutating = mutating.route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    open.merge(mutating).fallback(not_found).with_state(state)
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/yaml"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 /// Serves `router` on `listener` until `stop` fires.
@@ -336,5 +380,37 @@ mod tests {
         assert!(constant_time_eq(b"s3cret", b"s3cret"));
         assert!(!constant_time_eq(b"s3cret", b"s3creT"));
         assert!(!constant_time_eq(b"s3cret", b"s3cre"));
+    }
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes_served() {
+        let doc: yaml_serde::Value = yaml_serde::from_str(OPENAPI).unwrap();
+        let mut documented: Vec<(String, String)> = doc["paths"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, item)| {
+                let path = path.as_str().unwrap().to_owned();
+                item.as_mapping()
+                    .unwrap()
+                    .keys()
+                    .filter_map(|m| m.as_str())
+                    .filter(|m| ["get", "post", "put", "delete", "patch"].contains(m))
+                    .map(move |m| (m.to_ascii_uppercase(), path.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        documented.sort();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p, _)| (m.to_string(), p.to_string()))
+            .collect();
+        served.sort();
+        assert_eq!(documented, served);
+        // Mutating routes, and only they, need the token in the document too.
+        for (method, path, changes) in ROUTES {
+            let op = &doc["paths"][path][method.to_ascii_lowercase().as_str()];
+            assert_eq!(op.get("security").is_some(), changes, "{method} {path}");
+        }
     }
 }

@@ -374,6 +374,31 @@ async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
     let (status, _) = alert(evacuate, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
+    // Every route of the served OpenAPI document answers (an empty request may be refused,
+    // but never with "no route" or "method not allowed").
+    let response = reqwest::get(format!("{base}/api/v1/openapi.yaml"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let doc: yaml_serde::Value = yaml_serde::from_str(&response.text().await.unwrap()).unwrap();
+    let client = reqwest::Client::new();
+    for (path, item) in doc["paths"].as_mapping().unwrap() {
+        let path = path.as_str().unwrap().replace("{id}", "firms_b");
+        for method in item.as_mapping().unwrap().keys().filter_map(|m| m.as_str()) {
+            let url = format!("{base}{path}");
+            let request = match method {
+                "get" => client.get(&url),
+                "post" => client.post(&url).bearer_auth(TOKEN),
+                other => panic!("{other} {path}: a method the test does not know"),
+            };
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let text = response.text().await.unwrap();
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert!(!text.contains("no route"), "{method} {path}: {text}");
+        }
+    }
+
     // SIGTERM still stops the service cleanly.
     sigterm(&child);
     let exit = child.wait().unwrap();
