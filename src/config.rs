@@ -1118,6 +1118,24 @@ impl Config {
         })
     }
 
+    /// Source `id`'s settings as written (layers applied): what a reload compares to decide
+    /// whether the source changed.
+    pub fn written_source(&self, id: &str) -> Option<yaml_serde::Value> {
+        self.written.as_ref()?.0.get("sources")?.get(id).cloned()
+    }
+
+    /// Every top-level section but `sources` as written, by name: a reload can apply only
+    /// source changes and names the sections it cannot.
+    pub fn written_sections(&self) -> BTreeMap<String, yaml_serde::Value> {
+        let Some(yaml_serde::Value::Mapping(map)) = self.written.as_ref().map(|w| &w.0) else {
+            return BTreeMap::new();
+        };
+        map.iter()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.clone())))
+            .filter(|(k, _)| k != "sources")
+            .collect()
+    }
+
     /// The file with its layers applied, parsed again.
     fn layered(
         text: &str,

@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::checkpoint::{Checkpoints, SourceInfo};
+use crate::config::{Config, SourceConfig};
+use crate::mode::Mode;
+use crate::router::Router;
 use crate::stats::{Stats, StreamSnapshot, UpstreamStatus};
 use crate::stream::Stream;
 
@@ -90,15 +93,29 @@ pub enum ControlError {
 }
 
 /// Builds a configured stream afresh for each start (a stream is consumed by running).
-pub type StreamFactory = dyn Fn(&str) -> Result<(Stream, SourceInfo), String> + Send + Sync;
+pub type StreamFactory =
+    dyn Fn(&str, &SourceConfig) -> Result<(Stream, SourceInfo), String> + Send + Sync;
 
 /// Builds the stream that parses bodies pushed for a source: its parser, dedupe, queue and
 /// counters, with no transport of its own.
-pub type PushFactory = dyn Fn(&str) -> Option<Stream> + Send + Sync;
+pub type PushFactory = dyn Fn(&str, &SourceConfig) -> Stream + Send + Sync;
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Changed sources, restarted with their new settings (a stopped one stays stopped).
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Sections other than `sources` that changed: they take effect only at a restart.
+    pub needs_restart: Vec<String>,
+}
 
 struct Slot {
-    source_type: String,
-    mode: &'static str,
+    source: SourceConfig,
+    /// The settings as written, to tell a changed source at a reload.
+    written: Option<yaml_serde::Value>,
     state: Arc<Mutex<(StreamState, Option<String>)>>,
     cancel: Option<CancellationToken>,
     task: Option<JoinHandle<()>>,
@@ -117,30 +134,43 @@ pub struct Control {
     /// Fires when the whole service stops; every stream's token is a child of it.
     stop: CancellationToken,
     slots: Mutex<BTreeMap<String, Slot>>,
+    /// The sections other than `sources` as they were loaded, to name what a reload cannot
+    /// apply.
+    sections: Mutex<BTreeMap<String, yaml_serde::Value>>,
+    router: Router,
+}
+
+impl Slot {
+    fn new(source: SourceConfig, written: Option<yaml_serde::Value>) -> Self {
+        Slot {
+            source,
+            written,
+            state: Arc::new(Mutex::new((StreamState::Stopped, None))),
+            cancel: None,
+            task: None,
+            recovered: Arc::default(),
+        }
+    }
 }
 
 impl Control {
-    /// `streams` lists every configured stream: id, source type and mode name.
+    /// The streams of `config`, none started yet.
     pub fn new(
-        streams: impl IntoIterator<Item = (String, String, &'static str)>,
+        config: &Config,
         factory: Box<StreamFactory>,
         push_factory: Box<PushFactory>,
         checkpoints: Option<Arc<Checkpoints>>,
         stats: Arc<Stats>,
-        stop: CancellationToken,
+        router: Router,
     ) -> Self {
-        let slots = streams
-            .into_iter()
-            .map(|(id, source_type, mode)| {
-                let slot = Slot {
-                    source_type,
-                    mode,
-                    state: Arc::new(Mutex::new((StreamState::Stopped, None))),
-                    cancel: None,
-                    task: None,
-                    recovered: Arc::default(),
-                };
-                (id, slot)
+        let slots = config
+            .sources
+            .iter()
+            .map(|(id, source)| {
+                (
+                    id.clone(),
+                    Slot::new(source.clone(), config.written_source(id)),
+                )
             })
             .collect();
         Control {
@@ -149,8 +179,10 @@ impl Control {
             pushers: Mutex::default(),
             checkpoints,
             stats,
-            stop,
+            stop: CancellationToken::new(),
             slots: Mutex::new(slots),
+            sections: Mutex::new(config.written_sections()),
+            router,
         }
     }
 
@@ -166,7 +198,7 @@ impl Control {
         if slot.state.lock().expect("state lock").0.is_active() {
             return Err(ControlError::AlreadyRunning(id.to_owned()));
         }
-        let (stream, info) = match (self.factory)(id) {
+        let (stream, info) = match (self.factory)(id, &slot.source) {
             Ok(built) => built,
             Err(detail) => {
                 *slot.state.lock().expect("state lock") =
@@ -301,15 +333,88 @@ impl Control {
             match pushers.get(id) {
                 Some(p) => p.clone(),
                 None => {
-                    let built = (self.push_factory)(id)
-                        .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
-                    let built = Arc::new(built);
+                    let slots = self.slots.lock().expect("slots lock");
+                    let source = &slots
+                        .get(id)
+                        .ok_or_else(|| ControlError::NotFound(id.to_owned()))?
+                        .source;
+                    let built = Arc::new((self.push_factory)(id, source));
                     pushers.insert(id.to_owned(), built.clone());
                     built
                 }
             }
         };
         Ok(pusher.push_body(body, "pushed body".to_owned()).await)
+    }
+
+    /// Applies a newly loaded config's sources: removed ones stop and go, added ones start,
+    /// changed ones restart with their new settings (one stopped by an operator stays
+    /// stopped), unchanged ones keep running untouched.
+    pub async fn reload(&self, config: &Config) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let old: BTreeMap<String, (Option<yaml_serde::Value>, bool)> = self
+            .slots
+            .lock()
+            .expect("slots lock")
+            .iter()
+            .map(|(id, slot)| {
+                let active = slot.state.lock().expect("state lock").0.is_active();
+                (id.clone(), (slot.written.clone(), active))
+            })
+            .collect();
+        for (id, _) in old
+            .iter()
+            .filter(|(id, _)| !config.sources.contains_key(*id))
+        {
+            let _ = self.stop(id).await;
+            self.slots.lock().expect("slots lock").remove(id);
+            self.pushers.lock().expect("pushers lock").remove(id);
+            self.router.update_source_topic(id, None);
+            report.removed.push(id.clone());
+        }
+        for (id, source) in &config.sources {
+            let written = config.written_source(id);
+            let was_active = match old.get(id) {
+                Some((before, _)) if *before == written => {
+                    report.unchanged.push(id.clone());
+                    continue;
+                }
+                Some((_, active)) => {
+                    let _ = self.stop(id).await;
+                    report.changed.push(id.clone());
+                    *active
+                }
+                None => {
+                    report.added.push(id.clone());
+                    true
+                }
+            };
+            self.pushers.lock().expect("pushers lock").remove(id);
+            self.router.update_source_topic(id, source.topic.as_deref());
+            {
+                let mut slots = self.slots.lock().expect("slots lock");
+                let recovered = slots.get(id).map(|s| s.recovered.clone());
+                let mut slot = Slot::new(source.clone(), written);
+                if let Some(recovered) = recovered {
+                    slot.recovered = recovered;
+                }
+                slots.insert(id.clone(), slot);
+            }
+            if was_active && let Err(e) = self.start(id) {
+                tracing::error!(stream = %id, error = %e, "the reloaded stream does not start");
+            }
+        }
+        let sections = config.written_sections();
+        let mut loaded = self.sections.lock().expect("sections lock");
+        let names: std::collections::BTreeSet<&String> =
+            sections.keys().chain(loaded.keys()).collect();
+        report.needs_restart = names
+            .into_iter()
+            .filter(|name| sections.get(*name) != loaded.get(*name))
+            .cloned()
+            .collect();
+        *loaded = sections;
+        report
     }
 
     pub fn ids(&self) -> Vec<String> {
@@ -330,8 +435,8 @@ impl Control {
         let stats = self.stats.stream(id);
         Ok(StreamView {
             id: id.to_owned(),
-            source_type: slot.source_type.clone(),
-            mode: slot.mode,
+            source_type: slot.source.source_type.to_string(),
+            mode: Mode::of(&slot.source).name(),
             state,
             error,
             counters: stats.snapshot(),

@@ -35,7 +35,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ConfigArg {
     /// Config file (YAML or JSON); relative paths inside it resolve against its directory.
     #[arg(
@@ -209,8 +209,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => {
-            let config = load(&config)?;
+        Command::Run { config: args } => {
+            let config = load(&args)?;
             if config.sources.is_empty() {
                 bail!(UsageError(
                     ManagerError::NoSources(config.file.clone()).to_string()
@@ -234,6 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let api_stop = CancellationToken::new();
                 let server_stop = api_stop.clone();
                 let serve = move |control: Arc<firestream::control::Control>| {
+                    tokio::spawn(reload_on_sighup(args, control.clone()));
                     let Some(listener) = listener else { return };
                     let metrics = Arc::new(Metrics::new(telemetry, control.clone()));
                     let state = ApiState {
@@ -441,6 +442,50 @@ fn shutdown_on_signals() -> CancellationToken {
         }
     });
     token
+}
+
+/// Reloads the config on each SIGHUP: source changes are applied (see
+/// [`firestream::control::Control::reload`]); an invalid config is refused and the running
+/// one stays.
+async fn reload_on_sighup(args: ConfigArg, control: Arc<firestream::control::Control>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot listen for SIGHUP; reload by restarting");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!(file = %args.config.display(), "SIGHUP: reloading the config");
+        let loaded = {
+            let args = args.clone();
+            tokio::task::spawn_blocking(move || load(&args)).await
+        };
+        let config = match loaded {
+            Ok(Ok(config)) => config,
+            Ok(Err(e)) => {
+                tracing::error!(error = %describe(&e), "the new config is invalid; the running one stays");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the reload failed; the running config stays");
+                continue;
+            }
+        };
+        if config.sources.is_empty() {
+            tracing::error!("the new config has no sources; the running one stays");
+            continue;
+        }
+        let report = control.reload(&config).await;
+        tracing::info!(
+            added = ?report.added,
+            removed = ?report.removed,
+            changed = ?report.changed,
+            unchanged = report.unchanged.len(),
+            "config reloaded"
+        );
+        if !report.needs_restart.is_empty() {
+            tracing::warn!(sections = ?report.needs_restart, "these sections changed and take effect only at a restart");
+        }
+    }
 }
 
 /// Says which profile and overrides shaped the config (names only: values may be secrets).

@@ -573,46 +573,34 @@ impl StreamManager {
 
     /// The streams of `run`, each built afresh from its config at every start.
     fn control(self: &Arc<Self>, router: Router) -> Control {
-        let streams = self.config.sources.iter().map(|(id, source)| {
-            (
-                id.clone(),
-                source.source_type.to_string(),
-                Mode::of(source).name(),
-            )
-        });
         let this = self.clone();
-        let factory = move |id: &str| {
-            let source = this
-                .config
-                .sources
-                .get(id)
-                .ok_or_else(|| format!("no source `{id}`"))?;
+        let routes = router.clone();
+        let factory = move |id: &str, source: &SourceConfig| {
             let stream = this
                 .configured_stream(id, source)
                 .map_err(|e| e.to_string())?;
             let info = SourceInfo {
                 id: stream.id.clone(),
                 source_type: source.source_type,
-                topics: vec![router.topic(id, source.source_type).to_string()],
+                topics: vec![routes.topic(id, source.source_type).to_string()],
             };
             Ok((stream, info))
         };
         let this = self.clone();
-        let push_factory = move |id: &str| {
-            let source = this.config.sources.get(id)?;
+        let push_factory = move |id: &str, source: &SourceConfig| {
             let files = Transport::File(FileTransport::new(Vec::new()));
             let mut stream = this.stream_over(id, source, Mode::of(source), files);
             // Pushed records go straight to the queue: nothing would flush a buffer.
             stream.buffer = None;
-            Some(stream)
+            stream
         };
         Control::new(
-            streams,
+            &self.config,
             Box::new(factory),
             Box::new(push_factory),
             self.checkpoints.clone(),
             self.stats.clone(),
-            CancellationToken::new(),
+            router,
         )
     }
 
@@ -644,7 +632,7 @@ impl StreamManager {
             });
         }
         target.check(&self.config)?;
-        let mut router = Router::new(&self.config);
+        let router = Router::new(&self.config);
         let (id, source) = match target {
             IngestTarget::SourceType(t) => {
                 let id = format!("ingest_{t}");

@@ -724,15 +724,21 @@ mod tests {
         );
         let config = Config::parse(&yaml, &dir.join("c.yaml")).unwrap();
         let sink = Arc::new(crate::sinks::log::LogSink::open(&config).unwrap());
+        let router = crate::router::Router::new(&config);
+        let control_config = config.clone();
         let manager = crate::manager::StreamManager::with_sink(config, sink).unwrap();
         let telemetry = manager.telemetry();
         let control = Control::new(
-            [("firms_ca".to_owned(), "nasa_firms".to_owned(), "real_time")],
-            Box::new(|id: &str| Err(format!("{id} is not started in this test"))),
-            Box::new(|_: &str| None),
+            &control_config,
+            Box::new(|id: &str, _: &crate::config::SourceConfig| {
+                Err(format!("{id} is not started in this test"))
+            }),
+            Box::new(|_: &str, _: &crate::config::SourceConfig| {
+                unreachable!("nothing is pushed in this test")
+            }),
             None,
             telemetry.stats.clone(),
-            tokio_util::sync::CancellationToken::new(),
+            router,
         );
         (
             Metrics::new(telemetry.clone(), Arc::new(control)),

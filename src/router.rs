@@ -25,7 +25,9 @@ pub const UNROUTED_TOPIC: &str = "firestream-unrouted";
 
 #[derive(Clone)]
 pub struct Router {
-    source_topics: HashMap<String, Arc<str>>,
+    /// Per-source `topic:` overrides; shared by every clone, so a reload that adds or
+    /// changes a source reroutes its records at once.
+    source_topics: Arc<std::sync::RwLock<HashMap<String, Arc<str>>>>,
     mappings: Vec<(glob::Pattern, Arc<str>)>,
     default_topics: HashMap<SourceType, Arc<str>>,
     critical_topic: Option<Arc<str>>,
@@ -41,6 +43,7 @@ impl Router {
             .iter()
             .filter_map(|(id, s)| s.topic.as_deref().map(|t| (id.clone(), Arc::from(t))))
             .collect();
+        let source_topics = Arc::new(std::sync::RwLock::new(source_topics));
         let mappings = config
             .routing
             .mappings
@@ -65,13 +68,29 @@ impl Router {
     }
 
     /// Routes an extra source id (an `ingest` run) to a fixed topic.
-    pub fn set_source_topic(&mut self, source_id: &str, topic: &str) {
+    pub fn set_source_topic(&self, source_id: &str, topic: &str) {
         self.source_topics
+            .write()
+            .expect("source topics lock")
             .insert(source_id.to_owned(), Arc::from(topic));
     }
 
+    /// A reloaded source's `topic:` (or its removal).
+    pub fn update_source_topic(&self, source_id: &str, topic: Option<&str>) {
+        let mut topics = self.source_topics.write().expect("source topics lock");
+        match topic {
+            Some(topic) => topics.insert(source_id.to_owned(), Arc::from(topic)),
+            None => topics.remove(source_id),
+        };
+    }
+
     pub fn topic(&self, source_id: &str, source_type: SourceType) -> Arc<str> {
-        if let Some(topic) = self.source_topics.get(source_id) {
+        if let Some(topic) = self
+            .source_topics
+            .read()
+            .expect("source topics lock")
+            .get(source_id)
+        {
             return topic.clone();
         }
         for (pattern, topic) in &self.mappings {
