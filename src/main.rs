@@ -98,6 +98,14 @@ enum Command {
         #[arg(short, long, value_name = "G")]
         group: Option<String>,
     },
+    /// List the connector types and every option a source of each takes, with defaults.
+    Sources {
+        /// Only this type.
+        source_type: Option<SourceType>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a config file without running it.
     Validate {
         #[command(flatten)]
@@ -183,6 +191,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Sources { source_type, json } => {
+            print_sources(source_type, json);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { config } => {
             let loaded = load(&config)?;
             let sink = match &loaded.sink.kafka {
@@ -485,6 +497,56 @@ async fn reload_on_sighup(args: ConfigArg, control: Arc<firestream::control::Con
         if !report.needs_restart.is_empty() {
             tracing::warn!(sections = ?report.needs_restart, "these sections changed and take effect only at a restart");
         }
+    }
+}
+
+/// `firestream sources`: each type's default topic and upstream, then its options.
+fn print_sources(only: Option<SourceType>, json: bool) {
+    use firestream::sources::catalog::options_for;
+    use firestream::transport::http::default_base;
+    let types: Vec<SourceType> = match only {
+        Some(t) => vec![t],
+        None => SourceType::ALL.to_vec(),
+    };
+    let mut out = String::new();
+    if json {
+        let all: Vec<serde_json::Value> = types
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "type": t.as_str(),
+                    "default_topic": t.default_topic(),
+                    "default_url": default_base(*t),
+                    "options": options_for(*t),
+                })
+            })
+            .collect();
+        out = format!("{}\n", serde_json::Value::Array(all));
+    } else {
+        for t in types {
+            out.push_str(&format!(
+                "{}  (topic {}; upstream {})\n",
+                t.as_str(),
+                t.default_topic().unwrap_or("none: set `topic`"),
+                default_base(t).unwrap_or("none: set `url` or `broker`")
+            ));
+            for o in options_for(t) {
+                out.push_str(&format!(
+                    "  {}: {} [default: {}]\n",
+                    o.name, o.description, o.default
+                ));
+            }
+            out.push('\n');
+        }
+    }
+    // A reader that stops early (`| head`) is not an error.
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write to stdout: {e}");
     }
 }
 

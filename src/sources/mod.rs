@@ -10,6 +10,7 @@
 
 pub mod airnow;
 pub mod calfire;
+pub mod catalog;
 mod csv_lines;
 mod geojson;
 pub mod http;

@@ -488,7 +488,7 @@ impl HttpTransport {
 }
 
 /// Which types a type-specific setting applies to, for "only applies to" messages.
-fn setting_types(s: &SourceConfig) -> Vec<(&'static str, bool, &'static [SourceType])> {
+pub(crate) fn setting_types(s: &SourceConfig) -> Vec<(&'static str, bool, &'static [SourceType])> {
     use SourceType::*;
     vec![
         ("map_key", s.map_key.is_some(), &[NasaFirms]),
