@@ -148,12 +148,13 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// Serves `router` on `listener` until `stop` fires.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: ApiState,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
+/// Serves `router` on `listener` (plain TCP, or [`crate::api_tls::TlsListener`]) until
+/// `stop` fires.
+pub async fn serve<L>(listener: L, state: ApiState, stop: CancellationToken) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await

@@ -502,6 +502,15 @@ pub struct ApiConfig {
     /// The largest body `POST /api/v1/ingest` takes; larger ones are refused with 413.
     #[serde(default = "default_api_max_body")]
     pub max_body: Size,
+    /// Serve HTTPS with this certificate and key (PEM files, relative to the config file).
+    pub tls: Option<ApiTls>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for ApiConfig {
@@ -512,6 +521,7 @@ impl Default for ApiConfig {
             token: None,
             allow_unauthenticated: false,
             max_body: default_api_max_body(),
+            tls: None,
         }
     }
 }
@@ -1179,6 +1189,13 @@ impl Config {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
+        if let Some(tls) = &mut self.api.tls {
+            for path in [&mut tls.cert, &mut tls.key] {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        }
         if self.sink.log.dir.is_relative() {
             self.sink.log.dir = base.join(&self.sink.log.dir);
         }

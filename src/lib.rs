@@ -8,6 +8,7 @@
 
 pub mod alert;
 pub mod api;
+pub mod api_tls;
 pub mod buffer;
 pub mod checkpoint;
 pub mod config;

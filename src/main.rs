@@ -238,6 +238,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     true => Some(bind_api(&api.bind).await?),
                     false => None,
                 };
+                let tls = match &api.tls {
+                    Some(tls) => Some(
+                        firestream::api_tls::acceptor(&tls.cert, &tls.key)
+                            .map_err(|e| UsageError(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                if let Some(listener) = &listener {
+                    let scheme = if tls.is_some() { "https" } else { "http" };
+                    tracing::info!(addr = %listener.local_addr()?, %scheme, "HTTP API listening");
+                }
                 let manager = StreamManager::new(config).await?;
                 let sink = manager.sink();
                 let alerts = manager.alert_intake();
@@ -259,7 +270,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         metrics,
                     };
                     tokio::spawn(async move {
-                        if let Err(e) = firestream::api::serve(listener, state, server_stop).await {
+                        let served = match tls {
+                            Some(acceptor) => {
+                                let tls = firestream::api_tls::TlsListener {
+                                    tcp: listener,
+                                    acceptor,
+                                };
+                                firestream::api::serve(tls, state, server_stop).await
+                            }
+                            None => firestream::api::serve(listener, state, server_stop).await,
+                        };
+                        if let Err(e) = served {
                             tracing::error!(error = %e, "the HTTP API stopped");
                         }
                     });
@@ -567,7 +588,6 @@ async fn bind_api(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
             "api.bind: cannot listen on {addr}: {e}; choose another port (`api: {{bind: \"127.0.0.1:8081\"}}`) or turn the API off (`api: {{enabled: false}}`)"
         ))
     })?;
-    tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
     Ok(listener)
 }
 

@@ -761,3 +761,72 @@ fn a_remote_bind_without_a_token_is_refused_unless_allowed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `api.tls`: the API answers over HTTPS with the configured certificate (a client that
+/// trusts it gets 200; one that does not, or plain HTTP, gets nothing), and a key that does
+/// not exist is a usage error naming the setting.
+#[tokio::test]
+async fn the_api_serves_https_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(
+        dir.path().join("run.yaml"),
+        "sink: {type: log, log: {dir: out/log}}\n\
+         api: {bind: \"127.0.0.1:0\", tls: {cert: cert.pem, key: key.pem}}\n\
+         sources:\n  f: {type: nasa_firms, interval: 1h, paths: [\"x/*.csv\"]}\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firestream"))
+        .args(["run", "-c", "run.yaml"])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    let line = lines
+        .find(|l| l.contains("HTTP API listening"))
+        .expect("the API listens");
+    assert!(line.contains("scheme=https"), "{line}");
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let port = addr.rsplit(':').next().unwrap();
+    let url = format!("https://localhost:{port}/health");
+
+    let trusted = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let response = trusted.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        reqwest::get(&url).await.is_err(),
+        "an untrusted certificate is refused"
+    );
+    assert!(
+        reqwest::get(format!("http://{addr}/health")).await.is_err(),
+        "plain HTTP gets no answer"
+    );
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+
+    std::fs::remove_file(dir.path().join("key.pem")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_firestream"))
+        .args(["run", "-c", "run.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("api.tls.key"), "{err}");
+    assert!(err.contains("key.pem"), "{err}");
+}
