@@ -5,20 +5,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::real;
+use common::service::{self, Service};
 use reqwest::StatusCode;
 use serde_json::Value;
 
 const TOKEN: &str = "t0ken-for-the-api-test";
 
-/// `firestream run` with two file sources; returns the process and the API's base URL.
-fn start(dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
+/// `firestream run` with two file sources and a token.
+fn start(dir: &Path) -> Service {
     let feed = dir.join("feed");
     std::fs::create_dir_all(&feed).unwrap();
     std::fs::copy(real("firms/fire_nrt_M6_157509.csv"), feed.join("m6.csv")).unwrap();
@@ -31,35 +30,7 @@ fn start(dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
          \x20 firms_b: {type: nasa_firms, interval: 1h, paths: [\"nothing/*.csv\"]}\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_firestream"))
-        .args(["run", "-c", "run.yaml"])
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env("FS_API_TEST_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let started = Instant::now();
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30).saturating_sub(started.elapsed()))
-            .expect("the API did not say where it listens within 30 s");
-        if line.contains("HTTP API listening") {
-            let addr = line.split("addr=").nth(1).unwrap();
-            break addr.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    (child, format!("http://{addr}"), rx)
+    service::start(dir, "run.yaml", &[("FS_API_TEST_TOKEN", TOKEN)], None)
 }
 
 async fn get(url: &str) -> (StatusCode, Value) {
@@ -105,7 +76,8 @@ async fn wait_for_state(base: &str, id: &str, state: &str) -> Value {
 #[tokio::test]
 async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, base, _log) = start(dir.path());
+    let service = start(dir.path());
+    let base = service.base.clone();
 
     let (status, body) = get(&format!("{base}/health")).await;
     assert_eq!(
@@ -400,9 +372,7 @@ async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
     }
 
     // SIGTERM still stops the service cleanly.
-    sigterm(&child);
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "{exit:?}");
+    service.stop();
     // The alert was delivered once, to the alerts topic and the critical-alerts copy.
     let log = dir.path().join("out/log");
     for name in ["wildfire-weather-alerts", "wildfire-critical-alerts"] {
@@ -502,7 +472,8 @@ fn newest_acquisition(path: &Path) -> i64 {
 #[tokio::test]
 async fn the_metrics_page_counts_a_known_ingest_with_bounded_labels() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, base, _log) = start(dir.path());
+    let service = start(dir.path());
+    let base = service.base.clone();
     let firms_a = [("stream", "firms_a"), ("source_type", "nasa_firms")];
     let topic = ("topic", "wildfire-nasa-firms");
 
@@ -677,16 +648,7 @@ async fn the_metrics_page_counts_a_known_ingest_with_bounded_labels() {
     let state = |s: &str| page.value("firestream_stream_state", &[firms_a[0], ("state", s)]);
     assert_eq!((state("stopped"), state("running")), (Some(1.0), Some(0.0)));
 
-    sigterm(&child);
-    assert!(child.wait().unwrap().success());
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    service.stop();
 }
 
 #[test]
@@ -778,27 +740,13 @@ async fn the_api_serves_https_with_the_configured_certificate() {
          sources:\n  f: {type: nasa_firms, interval: 1h, paths: [\"x/*.csv\"]}\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_firestream"))
-        .args(["run", "-c", "run.yaml"])
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
-    let line = lines
-        .find(|l| l.contains("HTTP API listening"))
-        .expect("the API listens");
-    assert!(line.contains("scheme=https"), "{line}");
-    let addr = line
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
+    let service = service::start(dir.path(), "run.yaml", &[], None);
+    assert!(
+        service.listening.contains("scheme=https"),
+        "{}",
+        service.listening
+    );
+    let addr = service.base.trim_start_matches("http://").to_owned();
     let port = addr.rsplit(':').next().unwrap();
     let url = format!("https://localhost:{port}/health");
 
@@ -816,8 +764,7 @@ async fn the_api_serves_https_with_the_configured_certificate() {
         reqwest::get(format!("http://{addr}/health")).await.is_err(),
         "plain HTTP gets no answer"
     );
-    sigterm(&child);
-    assert!(child.wait().unwrap().success());
+    service.stop();
 
     std::fs::remove_file(dir.path().join("key.pem")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_firestream"))

@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::service::{self, Service};
 use serde_json::Value;
 
 fn config(dir: &Path, sources: &str) {
@@ -21,19 +19,10 @@ fn config(dir: &Path, sources: &str) {
     .unwrap();
 }
 
-fn http_get(base: &str, path: &str) -> Value {
-    let host = base.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(host).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (_, body) = response.split_once("\r\n\r\n").unwrap();
-    serde_json::from_str(body).unwrap()
-}
-
 /// id → (state, mode) of every stream.
-fn states(base: &str) -> Vec<(String, String, String)> {
-    http_get(base, "/api/v1/streams")["streams"]
+fn states(service: &Service) -> Vec<(String, String, String)> {
+    let views: Value = serde_json::from_str(&service.get("/api/v1/streams")).unwrap();
+    views["streams"]
         .as_array()
         .unwrap()
         .iter()
@@ -47,10 +36,10 @@ fn states(base: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn wait_for(base: &str, want: &[(&str, &str, &str)]) {
+fn wait_for(service: &Service, want: &[(&str, &str, &str)]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let now = states(base);
+        let now = states(service);
         let want: Vec<(String, String, String)> = want
             .iter()
             .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
@@ -63,18 +52,6 @@ fn wait_for(base: &str, want: &[(&str, &str, &str)]) {
             "streams {now:?}, expected {want:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
-        if line.contains(needle) {
-            return line;
-        }
     }
 }
 
@@ -95,48 +72,22 @@ fn sighup_applies_source_changes_and_refuses_a_bad_config() {
              drop: {{type: nasa_firms, interval: 1h, paths: [\"none/*.csv\"]}}\n"
         ),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_firestream"))
-        .args(["run", "-c", "run.yaml"])
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = wait_for_line(&rx, "HTTP API listening");
-    let addr = line
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    let base = format!("http://{addr}");
+    let service = service::start(dir.path(), "run.yaml", &[], None);
     wait_for(
-        &base,
+        &service,
         &[
             ("change", "running", "real_time"),
             ("drop", "running", "real_time"),
             ("keep", "running", "real_time"),
         ],
     );
-    let keep_polls = || http_get(&base, "/api/v1/streams/keep")["counters"]["polls_ok"].clone();
+    let view = |id: &str| -> Value {
+        serde_json::from_str(&service.get(&format!("/api/v1/streams/{id}"))).unwrap()
+    };
+    let keep_polls = || view("keep")["counters"]["polls_ok"].clone();
     let before = keep_polls();
 
-    let hangup = || {
-        let status = Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
+    let hangup = || service.signal("-HUP");
     // `change` becomes a batch source, `drop` goes, `add` comes; `keep` is untouched.
     config(
         dir.path(),
@@ -146,13 +97,13 @@ fn sighup_applies_source_changes_and_refuses_a_bad_config() {
         ),
     );
     hangup();
-    let line = wait_for_line(&rx, "config reloaded");
+    let line = service.wait_for_line("config reloaded");
     assert!(line.contains("added=[\"add\"]"), "{line}");
     assert!(line.contains("removed=[\"drop\"]"), "{line}");
     assert!(line.contains("changed=[\"change\"]"), "{line}");
     assert!(line.contains("unchanged=1"), "{line}");
     wait_for(
-        &base,
+        &service,
         &[
             ("add", "running", "real_time"),
             ("change", "running", "batch"),
@@ -161,10 +112,7 @@ fn sighup_applies_source_changes_and_refuses_a_bad_config() {
     );
     // The unchanged stream was not restarted: it did not poll again (interval 1h).
     assert_eq!(keep_polls(), before);
-    assert_eq!(
-        http_get(&base, "/api/v1/streams/drop")["error"],
-        "not_found"
-    );
+    assert_eq!(view("drop")["error"], "not_found");
 
     // An invalid config is refused; everything keeps running as it was.
     std::fs::write(
@@ -173,10 +121,10 @@ fn sighup_applies_source_changes_and_refuses_a_bad_config() {
     )
     .unwrap();
     hangup();
-    let line = wait_for_line(&rx, "the new config is invalid; the running one stays");
+    let line = service.wait_for_line("the new config is invalid; the running one stays");
     assert!(line.contains("unknown variant `nasa_fires`"), "{line}");
     wait_for(
-        &base,
+        &service,
         &[
             ("add", "running", "real_time"),
             ("change", "running", "batch"),
@@ -193,12 +141,8 @@ fn sighup_applies_source_changes_and_refuses_a_bad_config() {
         ),
     );
     hangup();
-    let line = wait_for_line(&rx, "take effect only at a restart");
+    let line = service.wait_for_line("take effect only at a restart");
     assert!(line.contains("queue"), "{line}");
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    service.stop();
 }

@@ -3,11 +3,13 @@
 //! then everything an operator can see — the log, /metrics, the stream views, the config
 //! view, and the dead letters on disk — searched for the secret values (issue #6).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::service;
 
 const SECRETS: [(&str, &str); 4] = [
     ("FS_SECRET_MAP_KEY", "mapkey0123456789abcdef"),
@@ -61,47 +63,9 @@ fn no_secret_appears_in_logs_metrics_status_or_dead_letters() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_firestream"))
-        .args(["run", "-c", "run.yaml"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "debug")
-        .envs(SECRETS)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
+    let mut service = service::start(dir.path(), "run.yaml", &SECRETS, Some("debug"));
+    let get = |path: &str| service.get(path);
     let started = Instant::now();
-    let base = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the API listens");
-        log.push(line.clone());
-        if line.contains("HTTP API listening") {
-            let addr = line.split("addr=").nth(1).unwrap();
-            break format!("http://{}", addr.split_whitespace().next().unwrap());
-        }
-    };
-    // Both streams fail a few polls against the echo server.
-    let get = |path: &str| {
-        // Plain HTTP/1.0 over a socket: the server closes after answering.
-        let host = base.trim_start_matches("http://");
-        let mut stream = std::net::TcpStream::connect(host).unwrap();
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_owned())
-            .unwrap_or_default()
-    };
     loop {
         let views = get("/api/v1/streams");
         if views.matches("\"polls_failed\":").count() == 2
@@ -121,20 +85,12 @@ fn no_secret_appears_in_logs_metrics_status_or_dead_letters() {
         get("/api/v1/config"),
     ];
     assert!(seen[2].contains("last_error"), "{}", seen[2]);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    log.extend(rx.try_iter());
-    seen.push(stdout);
+    let mut log = service.early.clone();
+    log.push(service.listening.clone());
+    let lines = std::mem::replace(&mut service.lines, std::sync::mpsc::channel().1);
+    seen.push(service.stop());
+    // Every line up to the end of the stream (the reader ends when the process has exited).
+    log.extend(lines.iter());
     seen.push(log.join("\n"));
     // The dead letters on disk.
     for entry in walk(&dir.path().join("out")) {

@@ -3,6 +3,7 @@
 
 pub mod kafka;
 pub mod replay;
+pub mod service;
 
 use std::path::{Path, PathBuf};
 
