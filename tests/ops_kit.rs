@@ -409,9 +409,47 @@ fn every_dashboard_query_is_valid_promql() {
     );
 }
 
+/// A `firestream run` process, killed if a test fails before stopping it (a panicking test
+/// must not leave a server behind).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Running {
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The exit status, or `None` when still running after `limit`.
+    fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// `firestream run` with the real FIRMS file on a free port; the process and the API's
-/// base URL, read from the "HTTP API listening" log line.
-fn start(dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
+/// base URL, read from the "HTTP API listening" log line. With `close_stderr`, nothing
+/// reads the log after that line: the pipe's reader is gone, as when journald restarts.
+fn start(dir: &Path, close_stderr: bool) -> (Running, String, mpsc::Receiver<String>) {
     let feed = dir.join("feed");
     std::fs::create_dir_all(&feed).unwrap();
     std::fs::copy(real("firms/fire_nrt_M6_157509.csv"), feed.join("m6.csv")).unwrap();
@@ -435,7 +473,8 @@ fn start(dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
+            let listening = line.contains("HTTP API listening");
+            if lines.send(line).is_err() || (close_stderr && listening) {
                 break;
             }
         }
@@ -450,7 +489,7 @@ fn start(dir: &Path) -> (Child, String, mpsc::Receiver<String>) {
             break addr.split_whitespace().next().unwrap().to_owned();
         }
     };
-    (child, format!("http://{addr}"), rx)
+    (Running(child), format!("http://{addr}"), rx)
 }
 
 /// The served page: its families (`# TYPE` lines, with their types) and sample names.
@@ -494,7 +533,7 @@ impl Served {
 #[tokio::test]
 async fn every_metric_of_the_dashboard_and_the_rules_is_served() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, base, _log) = start(dir.path());
+    let (mut child, base, _log) = start(dir.path(), false);
 
     // The known ingest: the real FIRMS file's 5,824 records, every one acknowledged, so
     // the families have samples (histograms included).
@@ -563,12 +602,41 @@ async fn every_metric_of_the_dashboard_and_the_rules_is_served() {
     assert!(!served.serves("firestream_queue_records_bucket"));
     assert!(served.serves("firestream_stream_poll_duration_seconds_count"));
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.wait().unwrap().success());
+    child.sigterm();
+    let status = child.wait_for(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// Under systemd, stderr is a stream to journald; when journald restarts, writes to it
+/// fail. `run` must still stop on SIGTERM and exit 0 — it used to log the signal with a
+/// write whose failure panicked the signal task, so the stop never began and systemd's
+/// SIGKILL at TimeoutStopSec cut the drain short.
+#[tokio::test]
+async fn run_stops_on_sigterm_when_nobody_reads_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base, _log) = start(dir.path(), true);
+    // Logging goes on with nobody reading: the stream polls, delivery runs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = match reqwest::get(format!("{base}/metrics")).await {
+            Ok(response) => response.text().await.unwrap(),
+            Err(e) => panic!(
+                "the API went away once nobody read the log: {e}; process: {:?}",
+                child.0.try_wait()
+            ),
+        };
+        if text.contains("outcome=\"delivered\"} 5824") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not delivered in time:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.sigterm();
+    let status = child.wait_for(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "after SIGTERM: {status:?} (None: still running)"
+    );
 }
 
 /// A `Key=value` setting of the unit, the last one when repeated.
@@ -650,4 +718,23 @@ fn the_systemd_unit_is_hardened_and_outlasts_the_drain() {
         "systemd-analyze verify: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The exit code the unit's `RestartPreventExitStatus=2` relies on survives a stderr
+/// nobody reads: a configuration error still exits 2 (it used to panic printing the
+/// error, exit 101, and be restarted forever).
+#[test]
+fn a_config_error_exits_2_when_nobody_reads_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), "nope: 1\n").unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(env!("CARGO_BIN_EXE_firestream"))
+        .args(["run", "-c", "bad.yaml"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
 }
