@@ -179,7 +179,9 @@ fn main() -> ExitCode {
         Err(e) => {
             let usage = e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<ConfigError>().is_some();
-            eprintln!("error: {}", describe(&e));
+            // Not eprintln!: with stderr gone it would panic (exit 101), hiding the exit
+            // code that tells a usage error (2, not restarted by the systemd unit) apart.
+            let _ = writeln!(std::io::stderr(), "error: {}", describe(&e));
             if usage {
                 ExitCode::from(2)
             } else {
@@ -432,9 +434,14 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // A line stderr cannot take (its reader gone: journald restarted, a closed pipe) is
+    // dropped. The subscriber's default would report it with eprintln!, which panics on
+    // the same broken stderr, killing whichever task logged: the signal handler among them,
+    // so SIGTERM no longer stopped the service.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal());
     match config.log.format {
         LogFormat::Json => builder.json().init(),
@@ -462,13 +469,15 @@ fn shutdown_on_signals() -> CancellationToken {
             }
             match first {
                 None => {
-                    tracing::info!("signal received: finishing (send again to exit at once)");
+                    // Stop first: nothing that logging does may stand in its way.
                     trigger.cancel();
                     first = Some(std::time::Instant::now());
+                    tracing::info!("signal received: finishing (send again to exit at once)");
                 }
                 Some(at) if at.elapsed() < SIGNAL_DEBOUNCE => {}
                 Some(_) => {
-                    eprintln!("second signal: exiting without draining");
+                    // Not eprintln!: it panics when stderr is gone, and the exit must happen.
+                    let _ = writeln!(std::io::stderr(), "second signal: exiting without draining");
                     std::process::exit(130);
                 }
             }

@@ -566,6 +566,24 @@ impl Snapshot {
         )?;
         gauges(
             e,
+            "firestream_throttle_max_level",
+            "throttle.max_level: the level at which bulk delivery to the topic is slowest.",
+            None,
+            throttle
+                .iter()
+                .map(|(topic, t)| ([("topic", topic.as_str())], f64::from(t.max_level))),
+        )?;
+        gauges(
+            e,
+            "firestream_throttle_critical_lag_records",
+            "throttle.critical_lag: the average lag from which the topic's level keeps rising.",
+            None,
+            throttle
+                .iter()
+                .map(|(topic, t)| ([("topic", topic.as_str())], t.critical_lag as f64)),
+        )?;
+        gauges(
+            e,
             "firestream_throttle_rate_records_per_second",
             "Records per second bulk delivery to the topic may send at its level (critical records bypass it).",
             None,
@@ -775,6 +793,8 @@ mod tests {
             "wildfire-nasa-firms",
             ThrottleStatus {
                 level: 2,
+                max_level: 5,
+                critical_lag: 5_000,
                 rate: 22.5,
                 lag: Some(1_500),
                 average_lag: 1_200,
@@ -908,6 +928,14 @@ mod tests {
         }
 
         assert_eq!(page.value("firestream_throttle_level", &[topic]), Some(2.0));
+        assert_eq!(
+            page.value("firestream_throttle_max_level", &[topic]),
+            Some(5.0)
+        );
+        assert_eq!(
+            page.value("firestream_throttle_critical_lag_records", &[topic]),
+            Some(5_000.0)
+        );
         assert_eq!(
             page.value("firestream_throttle_rate_records_per_second", &[topic]),
             Some(22.5)

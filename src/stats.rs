@@ -150,8 +150,14 @@ pub struct Stats {
 /// One topic's lag-driven throttle (DESIGN §5 LagProbe + Throttle), as last evaluated.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct ThrottleStatus {
-    /// 0 (full rate) to `throttle.max_level`.
+    /// 0 (full rate) to `max_level`.
     pub level: u32,
+    /// `throttle.max_level`: exported beside the level so an alert can tell "at the
+    /// slowest rate" without knowing the configuration.
+    pub max_level: u32,
+    /// `throttle.critical_lag`: the average lag from which the level keeps rising; exported
+    /// for the same reason.
+    pub critical_lag: u64,
     /// Records per second bulk delivery to the topic may send.
     pub rate: f64,
     /// The last sample: max over the consumer groups; `None` before the first.

@@ -62,6 +62,8 @@ impl Throttle {
                 topic,
                 ThrottleStatus {
                     level: 0,
+                    max_level: self.config.max_level,
+                    critical_lag: self.config.critical_lag,
                     rate: self.config.max_rate,
                     ..ThrottleStatus::default()
                 },
@@ -303,6 +305,27 @@ mod tests {
         assert_eq!(levels, vec![3, 2, 2, 1, 1, 0]);
         assert_eq!(stats.throttle()["t"].rate, 1_000.0);
         assert_eq!(stats.throttle()["t"].last_error, None);
+    }
+
+    /// The bounds alerts compare against (`firestream_throttle_max_level`,
+    /// `firestream_throttle_critical_lag_records`) come from the configuration, for the
+    /// topics known at start and those that join later, and survive samples.
+    #[test]
+    fn the_status_carries_the_configured_bounds() {
+        let stats = Arc::new(Stats::default());
+        let t: Arc<str> = Arc::from("t");
+        let config = ThrottleConfig {
+            max_level: 7,
+            critical_lag: 900,
+            ..config()
+        };
+        let throttle = Throttle::new(config, std::slice::from_ref(&t), stats.clone());
+        throttle.watch(&Arc::from("later"));
+        throttle.record(&t, lag(2_000));
+        for topic in ["t", "later"] {
+            let status = &stats.throttle()[topic];
+            assert_eq!((status.max_level, status.critical_lag), (7, 900), "{topic}");
+        }
     }
 
     #[tokio::test]
