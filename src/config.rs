@@ -1101,11 +1101,14 @@ impl Config {
                 _ if path == "." || path.is_empty() => message,
                 _ => format!("{path}: {message}"),
             };
+            let location = inner.location().map(|l| {
+                let key = path.rsplit('.').next().unwrap_or_default();
+                key_position(text, l.line(), key).unwrap_or((l.line(), l.column()))
+            });
             ConfigError::Syntax {
                 file: file.to_owned(),
-                location: inner
-                    .location()
-                    .map(|l| format!(":{}:{}", l.line(), l.column()))
+                location: location
+                    .map(|(line, column)| format!(":{line}:{column}"))
                     .unwrap_or_default(),
                 message,
             }
@@ -1562,6 +1565,45 @@ fn check_topic_name(at: &str, name: &str, problems: &mut Vec<String>) {
 }
 
 /// yaml_serde appends " at line L column C"; we print the location in front instead.
+/// Where `key` is written at or after `line` (1-based), before the mapping that holds it
+/// ends: a value's error (a duration, a size, an unset variable) is reported by the parser at
+/// the start of the enclosing mapping, which may be lines above the key itself.
+fn key_position(text: &str, line: usize, key: &str) -> Option<(usize, usize)> {
+    if key.is_empty() || key.contains(['[', ']', '?']) {
+        return None;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines.get(line.checked_sub(1)?)?;
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let base = indent(first);
+    // The parser points at a mapping's parent key (`a:`) or at its first key (`type: …`):
+    // the mapping ends at a line indented like the parent, or less than its keys.
+    let parent = first.trim_end().ends_with(':');
+    for (i, l) in lines.iter().enumerate().skip(line - 1) {
+        let body = l.trim_start();
+        let ended = if parent {
+            indent(l) <= base
+        } else {
+            indent(l) < base
+        };
+        if i >= line && !body.is_empty() && !body.starts_with('#') && ended {
+            break;
+        }
+        let bytes = l.as_bytes();
+        let mut from = 0;
+        while let Some(found) = l[from..].find(key) {
+            let at = from + found;
+            let before_ok = at == 0 || matches!(bytes[at - 1], b' ' | b'{' | b',' | b'\t');
+            let after = l[at + key.len()..].trim_start();
+            if before_ok && after.starts_with(':') {
+                return Some((i + 1, at + 1));
+            }
+            from = at + key.len();
+        }
+    }
+    None
+}
+
 fn strip_location(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(i) => message[..i].to_owned(),
@@ -1572,6 +1614,17 @@ fn strip_location(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_value_is_reported_at_its_own_line() {
+        let text = "sources:\n  a:\n    type: nasa_firms\n    paths: [x.csv]\n\n    interval: 10 minutes please\n  b: {type: nasa_firms, interval: 5m, paths: [y.csv]}\n";
+        let err = Config::parse(text, Path::new("c.yaml")).unwrap_err().to_string();
+        assert!(err.starts_with("c.yaml:6:5: sources.a.interval: invalid duration"), "{err}");
+        // In a flow mapping, the key's column on its line.
+        let text = "sources:\n  a: {type: nasa_firms, paths: [x.csv], interval: 5 lightyears}\n";
+        let err = Config::parse(text, Path::new("c.yaml")).unwrap_err().to_string();
+        assert!(err.starts_with("c.yaml:2:41: sources.a.interval:"), "{err}");
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         let config = Config::parse(text, Path::new("test.yaml"))?;

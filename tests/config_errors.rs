@@ -15,11 +15,11 @@ const CASES: [(&str, &str); 14] = [
     ),
     (
         "sink: {type: log, log: {segment_bytes: 64 megs}}\n",
-        "c.yaml:1:24: sink.log.segment_bytes: invalid size \"64 megs\"",
+        "c.yaml:1:25: sink.log.segment_bytes: invalid size \"64 megs\"",
     ),
     (
         "queue: {max_records: lots}\n",
-        "c.yaml:1:22: queue.max_records: invalid type: string \"lots\", expected usize",
+        "c.yaml:1:9: queue.max_records: invalid type: string \"lots\", expected usize",
     ),
     (
         "sources:\n  a: {type: nasa_firms, interval: 5m, map_key: \"${FS_NOPE_KEY}\"}\n",
@@ -51,7 +51,7 @@ const CASES: [(&str, &str); 14] = [
     ),
     (
         "sources:\n  a: {type: nasa_fires, interval: 5m, paths: [x.csv]}\n",
-        "c.yaml:2:13: sources.a.type: unknown variant `nasa_fires`, expected one of `nasa_firms`",
+        "c.yaml:2:7: sources.a.type: unknown variant `nasa_fires`, expected one of `nasa_firms`",
     ),
     (
         "sources:\n\ta: 1\n",
