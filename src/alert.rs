@@ -58,6 +58,8 @@ pub enum AlertError {
     Invalid(String),
     #[error("the service is shutting down; the alert was not queued")]
     Closed,
+    #[error("manual alerts are still restoring their checkpoint; retry in a moment")]
+    Recovering,
 }
 
 /// CAP's severities (the NWS alerts' `severity`).
@@ -70,12 +72,17 @@ pub struct AlertIntake {
     pub queue: Arc<Queue>,
     pub dedupe: Arc<Dedupe>,
     pub stats: Arc<Stats>,
+    /// Whether the alerts' dedupe window is restored from their checkpoint.
+    pub recovered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AlertIntake {
     /// Validates, builds and queues the alert in the critical lane.
     pub async fn submit(&self, request: AlertRequest) -> Result<AlertAccepted, AlertError> {
         let record = build(request, Utc::now())?;
+        if !self.recovered.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(AlertError::Recovering);
+        }
         let accepted = AlertAccepted {
             id: record.id.to_string(),
             alert_id: match &record.data {

@@ -77,6 +77,8 @@ impl From<ControlError> for ApiError {
             ControlError::NotRunning(_) => (StatusCode::CONFLICT, "not_running"),
             ControlError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ControlError::CannotStart { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "cannot_start"),
+            ControlError::NotRecovered(..) => (StatusCode::SERVICE_UNAVAILABLE, "recovering"),
+            ControlError::PushCut { .. } => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         };
         ApiError::new(status, error, e.to_string())
     }
@@ -134,7 +136,10 @@ pub fn router(state: ApiState) -> Router {
         }
     }
     let mutating = mutating.route_layer(middleware::from_fn_with_state(state.clone(), authorize));
-    open.merge(mutating).fallback(not_found).with_state(state)
+    open.merge(mutating)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
 }
 
 async fn openapi() -> Response {
@@ -172,7 +177,11 @@ async fn authorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
     match given {
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -361,7 +370,24 @@ async fn alert(State(state): State<ApiState>, body: Body) -> Result<Response, Ap
             "shutting_down",
             e.to_string(),
         )),
+        Err(e @ AlertError::Recovering) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "recovering",
+            e.to_string(),
+        )),
     }
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not served for {}; see /api/v1/openapi.yaml",
+            request.method(),
+            request.uri().path()
+        ),
+    )
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -468,13 +468,25 @@ fn check_api(api: &ApiConfig, problems: &mut Vec<String>) {
     if !api.enabled {
         return;
     }
+    if api
+        .token
+        .as_ref()
+        .is_some_and(|t| t.expose().trim().is_empty())
+    {
+        problems.push(
+            "api.token: is blank, so no request could match it; set a real token (e.g. `${FIRESTREAM_API_TOKEN}`) or leave it out".to_owned(),
+        );
+    }
     match api.bind.parse::<std::net::SocketAddr>() {
         Err(_) => problems.push(format!(
             "api.bind: {:?} is not an address and port, e.g. `127.0.0.1:8080` or `0.0.0.0:8080`",
             api.bind
         )),
         Ok(addr) => {
-            let token = api.token.as_ref().is_some_and(|t| !t.is_empty());
+            let token = api
+                .token
+                .as_ref()
+                .is_some_and(|t| !t.expose().trim().is_empty());
             if !addr.ip().is_loopback() && !token && !api.allow_unauthenticated {
                 problems.push(format!(
                     "api.bind: {addr} is reachable from other machines and api.token is not set; set `token: ${{FIRESTREAM_API_TOKEN}}` (mutating endpoints then need `Authorization: Bearer <token>`), or `allow_unauthenticated: true` if a proxy in front of it authenticates"
@@ -1173,15 +1185,20 @@ impl Config {
         let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let message = strip_location(&e.into_inner().to_string());
+            // The override that set the setting, or one below the part that is wrong (a
+            // source an override created by naming an id that does not exist).
             let from = overrides
                 .iter()
-                .find(|o| path.starts_with(&o.path.join(".")))
-                .map(|o| format!("set by {}", o.variable))
-                .or_else(|| profile.map(|p| format!("with profile `{p}`")))
+                .find(|o| {
+                    let set = o.path.join(".");
+                    path.starts_with(&set) || set.starts_with(&path)
+                })
+                .map(|o| format!(" (set by {})", o.variable))
+                .or_else(|| profile.map(|p| format!(" (with profile `{p}`)")))
                 .unwrap_or_default();
             ConfigError::Layer {
                 file: file.to_owned(),
-                message: format!("{path}: {message} ({from})"),
+                message: format!("{path}: {message}{from}"),
             }
         })?;
         config.file = file.to_owned();
@@ -1618,11 +1635,18 @@ mod tests {
     #[test]
     fn a_bad_value_is_reported_at_its_own_line() {
         let text = "sources:\n  a:\n    type: nasa_firms\n    paths: [x.csv]\n\n    interval: 10 minutes please\n  b: {type: nasa_firms, interval: 5m, paths: [y.csv]}\n";
-        let err = Config::parse(text, Path::new("c.yaml")).unwrap_err().to_string();
-        assert!(err.starts_with("c.yaml:6:5: sources.a.interval: invalid duration"), "{err}");
+        let err = Config::parse(text, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("c.yaml:6:5: sources.a.interval: invalid duration"),
+            "{err}"
+        );
         // In a flow mapping, the key's column on its line.
         let text = "sources:\n  a: {type: nasa_firms, paths: [x.csv], interval: 5 lightyears}\n";
-        let err = Config::parse(text, Path::new("c.yaml")).unwrap_err().to_string();
+        let err = Config::parse(text, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("c.yaml:2:41: sources.a.interval:"), "{err}");
     }
 

@@ -90,6 +90,17 @@ pub enum ControlError {
     ShuttingDown,
     #[error("stream `{id}` cannot start: {detail}")]
     CannotStart { id: String, detail: String },
+    #[error(
+        "stream `{0}` has not rebuilt its dedupe window from its checkpoint yet (it is {1}); \
+         start it, or retry once it is running"
+    )]
+    NotRecovered(String, &'static str),
+    #[error(
+        "the service began to stop while reading the body: rows 1–{taken} were taken (queued, \
+         deduplicated or dead-lettered), the rest were not; send them again once it is back \
+         (rows already taken then count as duplicates)"
+    )]
+    PushCut { taken: u64 },
 }
 
 /// Builds a configured stream afresh for each start (a stream is consumed by running).
@@ -328,6 +339,17 @@ impl Control {
         if self.stop.is_cancelled() {
             return Err(ControlError::ShuttingDown);
         }
+        // Until recovery has restored the window, dedupe would let stored records through.
+        if self.checkpoints.is_some() {
+            let slots = self.slots.lock().expect("slots lock");
+            let slot = slots
+                .get(id)
+                .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
+            if !slot.recovered.load(std::sync::atomic::Ordering::Acquire) {
+                let state = slot.state.lock().expect("state lock").0;
+                return Err(ControlError::NotRecovered(id.to_owned(), state.as_str()));
+            }
+        }
         let pusher = {
             let mut pushers = self.pushers.lock().expect("pushers lock");
             match pushers.get(id) {
@@ -344,7 +366,16 @@ impl Control {
                 }
             }
         };
-        Ok(pusher.push_body(body, "pushed body".to_owned()).await)
+        let (report, complete) = pusher
+            .push_body(body, "pushed body".to_owned(), &self.stop)
+            .await;
+        if !complete {
+            // The row that met the closed queue was not taken.
+            return Err(ControlError::PushCut {
+                taken: report.rows.saturating_sub(1),
+            });
+        }
+        Ok(report)
     }
 
     /// Applies a newly loaded config's sources: removed ones stop and go, added ones start,
@@ -461,5 +492,38 @@ mod tests {
         for state in StreamState::ALL {
             assert_eq!(serde_json::json!(state), state.as_str());
         }
+    }
+
+    use crate::checkpoint::OffsetLedger;
+    use crate::dedupe::DedupeRegistry;
+    use std::path::Path;
+
+    /// A pushed body before the source's window is restored would pass dedupe with records
+    /// that are already stored: it is refused until recovery has run.
+    #[tokio::test]
+    async fn a_push_waits_for_the_sources_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "sink: {{type: log, log: {{dir: \"{}\"}}}}\n\
+             sources:\n  s: {{type: nasa_firms, interval: 1h, paths: [\"x/*.csv\"]}}\n",
+            dir.path().join("log").display()
+        );
+        let config = Config::parse(&yaml, Path::new("c.yaml")).unwrap();
+        let dedupe = Arc::new(DedupeRegistry::new(std::time::Duration::from_secs(3600)));
+        let checkpoints =
+            Checkpoints::open(&config, Arc::new(OffsetLedger::default()), dedupe, None).unwrap();
+        let control = Control::new(
+            &config,
+            Box::new(|id: &str, _: &SourceConfig| Err(format!("{id} is not started here"))),
+            Box::new(|_: &str, _: &SourceConfig| unreachable!("refused before it is built")),
+            Some(Arc::new(checkpoints)),
+            Arc::new(Stats::default()),
+            Router::new(&config),
+        );
+        let refused = control.push("s", bytes::Bytes::from_static(b"x")).await;
+        assert_eq!(
+            refused.unwrap_err(),
+            ControlError::NotRecovered("s".to_owned(), "stopped")
+        );
     }
 }

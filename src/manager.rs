@@ -209,6 +209,8 @@ pub struct StreamManager {
     throttle: Option<ThrottleParts>,
     /// When it was built: the service's start, for the uptime metrics.
     started: std::time::SystemTime,
+    /// Set once manual alerts' dedupe window is restored (at once without checkpoints).
+    alerts_recovered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The throttle delivery waits on, and the probe whose samples drive it.
@@ -250,6 +252,7 @@ impl StreamManager {
             stats,
             ledger: Arc::default(),
             checkpoints: None,
+            alerts_recovered: Arc::default(),
             sink,
             config,
             started: std::time::SystemTime::now(),
@@ -282,12 +285,42 @@ impl StreamManager {
         self.clients.snapshots()
     }
 
+    /// Manual alerts keep a checkpoint like a source, so a resent alert id is still known
+    /// after a restart; the intake refuses alerts until their window is back.
+    fn recover_manual_alerts(&self, router: &Router, shutdown: &CancellationToken) {
+        let flag = self.alerts_recovered.clone();
+        let Some(checkpoints) = self.checkpoints.clone() else {
+            flag.store(true, std::sync::atomic::Ordering::Release);
+            return;
+        };
+        let info = SourceInfo {
+            id: Arc::from(crate::alert::MANUAL_ALERTS),
+            source_type: SourceType::NwsAlerts,
+            topics: vec![
+                router
+                    .topic(crate::alert::MANUAL_ALERTS, SourceType::NwsAlerts)
+                    .to_string(),
+            ],
+        };
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            match recover_source(&checkpoints, info, &stop, true).await {
+                Ok(Some(_)) => flag.store(true, std::sync::atomic::Ordering::Release),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "manual alerts cannot recover their checkpoint; POST /api/v1/alerts answers 503 until it is fixed")
+                }
+            }
+        });
+    }
+
     /// Where `POST /api/v1/alerts` queues manual alerts.
     pub fn alert_intake(&self) -> crate::alert::AlertIntake {
         crate::alert::AlertIntake {
             queue: self.queue.clone(),
             dedupe: self.dedupe.for_type(SourceType::NwsAlerts),
             stats: self.stats.clone(),
+            recovered: self.alerts_recovered.clone(),
         }
     }
 
@@ -499,6 +532,7 @@ impl StreamManager {
         let deadline = CancellationToken::new();
         let delivery = self.start_delivery(router.clone(), deadline.clone());
         let this = Arc::new(self);
+        let router_for_alerts = router.clone();
         let control = Arc::new(this.control(router));
         for id in control.ids() {
             if let Err(e) = control.start(&id) {
@@ -507,6 +541,7 @@ impl StreamManager {
                 return Err(ManagerError::Source(e.to_string()));
             }
         }
+        this.recover_manual_alerts(&router_for_alerts, &shutdown);
         serve(control.clone());
         info!(
             streams = this.config.sources.len(),

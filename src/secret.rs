@@ -231,6 +231,7 @@ impl<'de> Deserialize<'de> for UrlTemplate {
         let mut secrets = Vec::new();
         let expanded = expand_env_noting(&text, |name| std::env::var(name).ok(), &mut secrets)
             .map_err(serde::de::Error::custom)?;
+        secrets.extend(inline_credentials(&expanded));
         Ok(UrlTemplate { expanded, secrets })
     }
 }
@@ -246,6 +247,24 @@ const SECRET_PARAMS: [&str; 8] = [
     "sig",
     "auth",
 ];
+
+/// Credentials written into a URL itself (a password, `?sig=…`): secrets like `${VAR}`
+/// values, so an upstream that echoes the request cannot show them either.
+fn inline_credentials(url: &str) -> Vec<Secret> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Secret> = parsed
+        .query_pairs()
+        .filter(|(k, _)| {
+            let name = k.to_ascii_lowercase();
+            SECRET_PARAMS.iter().any(|s| name.contains(s))
+        })
+        .map(|(_, v)| Secret(v.into_owned()))
+        .collect();
+    found.extend(parsed.password().map(|p| Secret(p.to_owned())));
+    found
+}
 
 /// A URL as it may be shown: `secrets` redacted, any user and password in it redacted,
 /// and the values of query parameters named like credentials (`api_key`, `token`, …)
@@ -394,5 +413,17 @@ mod tests {
         );
         // Only for that call.
         assert!(expand_env("k=${NOPE}", lookup).is_err());
+    }
+
+    #[test]
+    fn credentials_written_into_a_url_are_secrets_too() {
+        let url: UrlTemplate =
+            yaml_serde::from_str("\"https://u:pw123456@h.example/d?sig=SIGSECRET11&q=1\"").unwrap();
+        let echoed = "400: you asked for /d?sig=SIGSECRET11&q=1 as u:pw123456";
+        let shown = redact(echoed, url.secrets());
+        assert!(
+            !shown.contains("SIGSECRET11") && !shown.contains("pw123456"),
+            "{shown}"
+        );
     }
 }

@@ -282,18 +282,21 @@ impl Stream {
 impl Stream {
     /// Parses a pushed body with this source's parser, through the same validation, dedupe,
     /// queue and DLQ as a polled payload; returns once every row is queued or dead-lettered.
-    pub async fn push_body(&self, body: Bytes, origin: String) -> PushReport {
+    /// `complete` is false when the service began to stop before every row was read: the
+    /// report says how far it got.
+    pub async fn push_body(
+        &self,
+        body: Bytes,
+        origin: String,
+        cancel: &CancellationToken,
+    ) -> (PushReport, bool) {
         let stream_stats = self.stats.stream(&self.id);
-        let mut job = self.job(
-            &stream_stats,
-            &CancellationToken::new(),
-            Input::Pushed(body),
-            origin,
-        );
+        let mut job = self.job(&stream_stats, cancel, Input::Pushed(body), origin);
         let report = Arc::new(std::sync::Mutex::new(PushReport::default()));
         job.report = Some(report.clone());
-        let _ = self.run_job(job).await;
-        report.lock().expect("push report lock").clone()
+        let complete = !matches!(self.run_job(job).await, JobResult::Interrupted);
+        let report = report.lock().expect("push report lock").clone();
+        (report, complete)
     }
 }
 

@@ -346,6 +346,23 @@ async fn the_api_reports_streams_and_stops_and_starts_them_with_the_token() {
     let (status, _) = alert(evacuate, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
+    // The scheme name is case-insensitive; a wrong method is a JSON 405.
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/streams/firms_b/start"))
+        .header("authorization", format!("bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = reqwest::Client::new()
+        .delete(format!("{base}/api/v1/streams"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
+
     // Every route of the served OpenAPI document answers (an empty request may be refused,
     // but never with "no route" or "method not allowed").
     let response = reqwest::get(format!("{base}/api/v1/openapi.yaml"))
@@ -776,4 +793,53 @@ async fn the_api_serves_https_with_the_configured_certificate() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("api.tls.key"), "{err}");
     assert!(err.contains("key.pem"), "{err}");
+}
+
+/// A manual alert's id is remembered across a restart: the same id sent again after it is
+/// a duplicate (its window comes back from the checkpoint before alerts are taken).
+#[tokio::test]
+async fn an_alert_id_is_still_known_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("run.yaml"),
+        "sink: {type: log, log: {dir: out/log}}\napi: {bind: \"127.0.0.1:0\"}\n\
+         sources:\n  f: {type: nasa_firms, interval: 1h, paths: [\"x/*.csv\"]}\n",
+    )
+    .unwrap();
+    let send = |base: String| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let response = reqwest::Client::new()
+                .post(format!("{base}/api/v1/alerts"))
+                .body(r#"{"headline": "Evacuate zone 9", "id": "evac-9"}"#)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            // Right after a start the alerts' window may still be coming back.
+            if status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+                return (status, body);
+            }
+            assert_eq!(body["error"], "recovering", "{body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let first = service::start(dir.path(), "run.yaml", &[], None);
+    let (status, body) = send(first.base.clone()).await;
+    assert_eq!(
+        (status, &body["duplicate"]),
+        (StatusCode::ACCEPTED, &Value::from(false))
+    );
+    first.stop();
+    let second = service::start(dir.path(), "run.yaml", &[], None);
+    let (status, body) = send(second.base.clone()).await;
+    assert_eq!(
+        (status, &body["duplicate"]),
+        (StatusCode::OK, &Value::from(true)),
+        "{body}"
+    );
+    second.stop();
+    let stored = common::topic(&dir.path().join("out/log"), "wildfire-critical-alerts");
+    assert_eq!(stored.len(), 1);
 }

@@ -29,7 +29,9 @@ pub enum LayerError {
         segment: String,
         path: String,
     },
-    #[error("{0}: name a setting after the prefix, e.g. FIRESTREAM__QUEUE__MAX_RECORDS=20000")]
+    #[error(
+        "{0}: name a setting after the prefix, each segment non-empty, e.g. FIRESTREAM__QUEUE__MAX_RECORDS=20000"
+    )]
     EmptyPath(String),
 }
 
@@ -85,11 +87,8 @@ pub fn apply_env(
     vars.sort();
     let mut applied = Vec::new();
     for (variable, raw) in vars {
-        let segments: Vec<&str> = variable[ENV_PREFIX.len()..]
-            .split("__")
-            .filter(|s| !s.is_empty())
-            .collect();
-        if segments.is_empty() {
+        let segments: Vec<&str> = variable[ENV_PREFIX.len()..].split("__").collect();
+        if segments.iter().any(|s| s.is_empty()) {
             return Err(LayerError::EmptyPath(variable));
         }
         let mut path = Vec::new();
@@ -105,10 +104,17 @@ pub fn apply_env(
                     path: path.join("."),
                 });
             };
+            // `_` also reaches `-`: a shell variable name cannot hold a hyphen.
+            let same = |k: &str| {
+                k.len() == segment.len()
+                    && k.bytes()
+                        .zip(segment.bytes())
+                        .all(|(a, b)| a.eq_ignore_ascii_case(&b) || (a == b'-' && b == b'_'))
+            };
             let key = map
                 .keys()
                 .filter_map(Value::as_str)
-                .find(|k| k.eq_ignore_ascii_case(segment))
+                .find(|k| same(k))
                 .map(str::to_owned)
                 .unwrap_or_else(|| segment.to_ascii_lowercase());
             path.push(key.clone());
@@ -339,5 +345,28 @@ mod tests {
         ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
+    }
+
+    #[test]
+    fn a_hyphenated_id_is_reached_and_an_empty_segment_refused() {
+        let mut root = yaml("sources:\n  firms-a: {interval: 10m}\n");
+        apply_env(
+            &mut root,
+            [(
+                "FIRESTREAM__SOURCES__FIRMS_A__INTERVAL".to_owned(),
+                "5m".to_owned(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(root, yaml("sources:\n  firms-a: {interval: 5m}\n"));
+        let err = apply_env(
+            &mut root,
+            [(
+                "FIRESTREAM__QUEUE____MAX_RECORDS".to_owned(),
+                "5".to_owned(),
+            )],
+        )
+        .unwrap_err();
+        assert!(matches!(err, LayerError::EmptyPath(_)), "{err}");
     }
 }
