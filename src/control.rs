@@ -222,8 +222,14 @@ impl Control {
         };
         let cancel = self.stop.child_token();
         let state = slot.state.clone();
-        *state.lock().expect("state lock") = (StreamState::Recovering, None);
         let recovered = slot.recovered.clone();
+        // A restart keeps the window recovered before: it runs at once.
+        let first = if recovered.load(std::sync::atomic::Ordering::Acquire) {
+            StreamState::Running
+        } else {
+            StreamState::Recovering
+        };
+        *state.lock().expect("state lock") = (first, None);
         let checkpoints = self.checkpoints.clone();
         let span = tracing::info_span!("stream", stream = %id);
         let token = cancel.clone();
