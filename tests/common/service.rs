@@ -116,3 +116,13 @@ impl Service {
             .unwrap_or_default()
     }
 }
+
+/// A test that fails half-way must not leave the service running.
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
