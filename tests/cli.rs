@@ -3,22 +3,14 @@
 
 mod common;
 
+use common::firestream;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{real, repo, topic};
 use serde_json::Value;
-
-fn firestream(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_firestream"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .env_remove("FIRESTREAM_CONFIG")
-        .output()
-        .expect("firestream runs")
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

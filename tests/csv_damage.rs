@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::firestream;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{envelopes, real, topic};
@@ -83,16 +84,6 @@ fn damaged(dir: &Path, damage: Damage, first: usize) -> Case {
         raw_excerpt,
         lats,
     }
-}
-
-fn firestream(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_firestream"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .env_remove("FIRESTREAM_CONFIG")
-        .output()
-        .expect("firestream runs")
 }
 
 fn ingest_json(dir: &Path, file: &Path) -> Value {

@@ -5,25 +5,17 @@
 
 mod common;
 
+use common::firestream;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{real, topic};
 use serde_json::Value;
 
 const TOPIC: &str = "wildfire-nasa-firms";
-
-fn firestream(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_firestream"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .env_remove("FIRESTREAM_CONFIG")
-        .output()
-        .expect("firestream runs")
-}
 
 fn ok(out: &Output) -> String {
     assert!(

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::firestream;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -15,16 +17,6 @@ use serde_json::Value;
 
 const TOPIC: &str = "wildfire-nasa-firms";
 const M6_ROWS: usize = 5_824;
-
-fn firestream(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_firestream"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .env_remove("FIRESTREAM_CONFIG")
-        .output()
-        .expect("firestream runs")
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -13,6 +13,18 @@ use firestream::sinks::log::reader::TopicReader;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+/// Runs the `firestream` binary in `cwd`, without the caller's `RUST_LOG` or
+/// `FIRESTREAM_CONFIG`.
+pub fn firestream(cwd: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_firestream"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .env_remove("FIRESTREAM_CONFIG")
+        .output()
+        .expect("firestream runs")
+}
+
 /// A file of the real captures vendored under `tests/data/real`.
 pub fn real(relative: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
